@@ -1,0 +1,244 @@
+"""The catalog: models, templates, datasets and locations, read from configs/.
+
+Cheap to import (yaml and dataclasses only): the DAG reads it at parse time to fill the form's enums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from airtune import paths
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    kind: str  # "base" | "instruct"
+    template: str
+    context_length: int
+    params_b: float
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    path: str | None = None  # local folder
+    hub: str | None = None  # hub id
+    revision: str | None = None
+    lora_target: tuple[str, ...] | None = None
+    notes: str = ""
+
+    @property
+    def is_instruct(self) -> bool:
+        return self.kind == "instruct"
+
+    def weights(self) -> str:
+        """What `from_pretrained` is given: the local folder, else the hub id."""
+        return str(paths.expand(self.path)) if self.path else str(self.hub)
+
+
+@dataclass(frozen=True)
+class TemplateEntry:
+    name: str
+    path: Path  # the Jinja chat template
+
+    def text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    format: str  # alpaca | sharegpt | openai | text
+    kind: str  # sft | preference | kto | text
+    files: tuple[Path, ...]
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    dataset_info: Path | None = None  # a LLaMA-Factory dataset_info.json this entry comes from
+    entry: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    gpus_per_node: int | None
+    memory_gib: float | None
+    bf16: bool | None
+    node_selector: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str
+    kind: str  # local | kubernetes
+    gpu_types: dict[str, GpuType]
+    gpu_quota: int = 1
+    connection_id: str | None = None
+    namespace: str | None = None
+    image: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "local"
+
+    @property
+    def default_gpu_type(self) -> str:
+        return next(iter(self.gpu_types))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    root: Path
+    models: dict[str, ModelEntry]
+    templates: dict[str, TemplateEntry]
+    datasets: dict[str, DatasetEntry]
+    locations: dict[str, Location]
+
+    @classmethod
+    def load(cls, config_dir: Path | str | None = None) -> Catalog:
+        return _load(str(Path(config_dir or paths.config_dir()).resolve()))
+
+    def model(self, name: str) -> ModelEntry:
+        return self._get(self.models, name, "base_model")
+
+    def template(self, name: str) -> TemplateEntry:
+        return self._get(self.templates, name, "template")
+
+    def dataset(self, name: str) -> DatasetEntry:
+        return self._get(self.datasets, name, "dataset")
+
+    def location(self, name: str) -> Location:
+        return self._get(self.locations, name, "location")
+
+    @staticmethod
+    def _get(table: dict, name: str, what: str):
+        try:
+            return table[name]
+        except KeyError:
+            raise CatalogError(f"{what}: {name!r} is not in the catalog; accepted: {', '.join(sorted(table))}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping at the top")
+    return data
+
+
+@lru_cache(maxsize=8)
+def _load(config_dir: str) -> Catalog:
+    root = Path(config_dir)
+    base = root.parent  # relative dataset paths are taken from the repository root
+    models = {}
+    for name, m in (_read_yaml(root / "models.yaml").get("models") or {}).items():
+        src = m.get("source") or {}
+        models[name] = ModelEntry(
+            name=name,
+            family=m["family"],
+            kind=m["kind"],
+            template=m["template"],
+            context_length=int(m["context_length"]),
+            params_b=float(m["params_b"]),
+            num_layers=m.get("num_layers"),
+            hidden_size=m.get("hidden_size"),
+            path=src.get("path"),
+            hub=src.get("hub"),
+            revision=src.get("revision"),
+            lora_target=tuple(m["lora_target"]) if m.get("lora_target") else None,
+            notes=m.get("notes", ""),
+        )
+    templates = {
+        p.name.removesuffix(".jinja"): TemplateEntry(p.name.removesuffix(".jinja"), p)
+        for p in sorted((root / "templates").glob("*.jinja"))
+    }
+    datasets = {}
+    for name, d in (_read_yaml(root / "datasets.yaml").get("datasets") or {}).items():
+        datasets[name] = _dataset_entry(name, d, base)
+    locations = {}
+    for name, loc in (_read_yaml(root / "locations.yaml").get("locations") or {}).items():
+        gpu_types = {
+            g: GpuType(
+                name=g,
+                gpus_per_node=v.get("gpus_per_node"),
+                memory_gib=v.get("memory_gib"),
+                bf16=v.get("bf16"),
+                node_selector=dict(v.get("node_selector") or {}),
+            )
+            for g, v in (loc.get("gpu_types") or {}).items()
+        }
+        if not gpu_types:
+            raise CatalogError(f"locations.yaml: {name}: no gpu_types")
+        locations[name] = Location(
+            name=name,
+            kind=loc.get("kind", "kubernetes"),
+            gpu_types=gpu_types,
+            gpu_quota=int(loc.get("gpu_quota", 1)),
+            connection_id=loc.get("connection_id"),
+            namespace=loc.get("namespace"),
+            image=loc.get("image"),
+            raw=loc,
+        )
+    for m in models.values():
+        if m.template not in templates:
+            raise CatalogError(f"models.yaml: {m.name}: template {m.template!r} has no file in templates/")
+    return Catalog(root, models, templates, datasets, locations)
+
+
+def _dataset_entry(name: str, d: dict, base: Path) -> DatasetEntry:
+    if "dataset_info" in d:
+        info_path = paths.expand(d["dataset_info"], base)
+        info = _read_json(info_path)
+        entry_name = d.get("entry", name)
+        if entry_name not in info:
+            raise CatalogError(f"datasets.yaml: {name}: {entry_name!r} is not an entry of {info_path}")
+        e = info[entry_name]
+        fmt = e.get("formatting", "alpaca")
+        kind = "preference" if e.get("ranking") else "sft"
+        columns = dict(e.get("columns") or {})
+        if "kto_tag" in columns:
+            kind = "kto"
+        if columns.get("prompt") and fmt == "alpaca" and set(columns) == {"prompt"}:
+            kind = "text"
+        if "file_name" not in e:
+            raise CatalogError(f"{info_path}: {entry_name}: only local files (file_name) are supported here")
+        return DatasetEntry(
+            name=name,
+            format=fmt,
+            kind=d.get("kind", kind),
+            files=(info_path.parent / e["file_name"],),
+            columns=columns,
+            tags=dict(e.get("tags") or {}),
+            dataset_info=info_path,
+            entry=entry_name,
+        )
+    files = tuple(paths.expand(f, base) for f in d.get("files") or [])
+    if not files:
+        raise CatalogError(f"datasets.yaml: {name}: no files")
+    return DatasetEntry(
+        name=name,
+        format=d["format"],
+        kind=d["kind"],
+        files=files,
+        columns=dict(d.get("columns") or {}),
+        tags=dict(d.get("tags") or {}),
+    )
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc

@@ -1,0 +1,46 @@
+"""Where airtune reads its catalog and writes its work. Nothing here touches the disk at import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_root() -> Path:
+    """The source checkout this package runs from (configs/ and data/ live there)."""
+    return _REPO_ROOT
+
+
+def airtune_home() -> Path:
+    """Local state of the embedded default: models built here, the workspace, Airflow and MLflow."""
+    return Path(os.environ.get("AIRTUNE_HOME") or (_REPO_ROOT / ".airtune")).resolve()
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("AIRTUNE_CONFIG_DIR") or (_REPO_ROOT / "configs")).resolve()
+
+
+def workspace() -> Path:
+    """`<workspace>/jobs/<name>/<run_id>/` holds each job run's artefacts (DESIGN.md)."""
+    return Path(os.environ.get("AIRTUNE_WORKSPACE") or (airtune_home() / "workspace")).resolve()
+
+
+def expand(value: str, base: Path | None = None) -> Path:
+    """Expand ${AIRTUNE_HOME} and other environment variables; relative paths are taken from `base`."""
+    env = dict(os.environ)
+    env.setdefault("AIRTUNE_HOME", str(airtune_home()))
+    text = value
+    for key, val in env.items():
+        text = text.replace("${" + key + "}", val)
+    path = Path(os.path.expanduser(text))
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path
+
+
+def job_dir(name: str, run_id: str) -> Path:
+    from airtune.names import safe_path_component
+
+    return workspace() / "jobs" / name / safe_path_component(run_id)
