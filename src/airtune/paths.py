@@ -40,7 +40,12 @@ def expand(value: str, base: Path | None = None) -> Path:
     return path
 
 
-def job_dir(name: str, run_id: str) -> Path:
+def safe_run_component(run_id: str) -> str:
+    """Airflow run ids contain ':' and '+'; keep folder names portable."""
     from airtune.names import safe_path_component
 
-    return workspace() / "jobs" / name / safe_path_component(run_id)
+    return safe_path_component(run_id)
+
+
+def job_dir(name: str, run_id: str) -> Path:
+    return workspace() / "jobs" / name / safe_run_component(run_id)

@@ -1,0 +1,58 @@
+# airtune: `make demo` runs one fine-tuning job end to end; `make test` runs the tests.
+# Every target bootstraps .venv itself (torch from the local CPU wheel first, then the rest).
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.airtune-installed
+export AIRTUNE_HOME ?= $(CURDIR)/.airtune
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast up down status tiny-model constraints clean image lint
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: 2.13.0 resolves to the CPU wheel here; an unpinned torch would pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[airflow,train,dev]'
+	# DeepSpeed builds its ops at run time (DS_BUILD_OPS=0); it needs the torch installed above.
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c constraints.txt 'deepspeed>=0.19.8,<0.20'
+	@touch $(STAMP)
+
+tiny-model: $(STAMP)
+	$(BIN)/airtune make-tiny-model
+
+demo: $(STAMP)
+	$(BIN)/airtune make-tiny-model
+	@# make demo replaces its own earlier demo job (FORM.md: a name identifies one job)
+	$(BIN)/airtune delete demo --yes --force >/dev/null
+	$(BIN)/airtune run examples/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/airtune make-tiny-model >/dev/null
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+up: $(STAMP)
+	@bash scripts/stack.sh up
+
+down:
+	@bash scripts/stack.sh down
+
+status:
+	@bash scripts/stack.sh status
+
+# Re-pin every dependency to what is installed in .venv now (run after changing pyproject.toml).
+constraints:
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|airtune)==' > constraints.txt
+
+clean:
+	rm -rf .airtune
+
+image:
+	docker build -f training_image/Dockerfile -t airtune-train:dev .

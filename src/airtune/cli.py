@@ -1,0 +1,159 @@
+"""`airtune`: validate, prepare, run and manage fine-tuning jobs from the command line.
+
+Every command takes the same flat job mapping as the trigger form and the REST `conf` (FORM.md).
+Heavy modules are imported inside the commands, so `airtune --help` and `validate` stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_INVALID = 2
+
+
+def _load_job_file(path: str) -> dict:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: a job file is one flat mapping of FORM.md's keys")
+    data.pop("schedule", None)  # retraining job files carry their schedule beside the spec
+    return data
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _validated(path: str) -> dict | None:
+    from airtune.resolve import format_errors, validate_mapping
+    from airtune.spec import SpecError
+
+    try:
+        return validate_mapping(_load_job_file(path))
+    except SpecError as exc:
+        print(f"{path}: the job is not valid:\n{format_errors(exc)}", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args) -> int:
+    resolved = _validated(args.file)
+    if resolved is None:
+        return EXIT_INVALID
+    if args.json:
+        _print_json(resolved)
+    else:
+        import yaml
+
+        for w in resolved.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+        print(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from airtune import data, localstack, paths
+
+    localstack.apply()
+    resolved = _validated(args.file)
+    if resolved is None:
+        return EXIT_INVALID
+    out = paths.airtune_home() / "prepare" / resolved["spec"]["name"]
+    manifest = data.prepare(resolved, out, cache_dir=paths.airtune_home() / "cache" / "prepared", log=lambda m: print(m, file=sys.stderr))
+    if hasattr(data, "training_figures"):
+        manifest = {**manifest, "figures": data.training_figures(manifest, resolved["spec"])}
+    if args.json:
+        _print_json(manifest)
+    else:
+        import yaml
+
+        print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from airtune import runner
+
+    if _validated(args.file) is None:
+        return EXIT_INVALID
+    summary = runner.run_job(_load_job_file(args.file))
+    if args.json:
+        _print_json(summary)
+    else:
+        runner.print_summary(summary)
+    return 0 if summary["state"] == "success" else 1
+
+
+def cmd_make_tiny_model(args) -> int:
+    from airtune.tinymodel import make_tiny_model
+
+    path = make_tiny_model(Path(args.out) if args.out else None, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from airtune import jobs
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("delete: refusing without --yes (no terminal to confirm on)", file=sys.stderr)
+            return EXIT_INVALID
+        answer = input(f"Delete job {args.name!r}: its Airflow runs, MLflow runs, registered model and files? This cannot be undone. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    try:
+        report = jobs.delete_job(args.name, force=args.force)
+    except jobs.JobActive as exc:
+        print(f"delete: {exc}", file=sys.stderr)
+        return 1
+    for line in report:
+        print(line)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airtune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a job file and print the resolved spec, or every error (exit 2)")
+    p.add_argument("file", help="job YAML (or - for standard input)")
+    p.add_argument("--json", action="store_true", help="print the resolved spec as one JSON object")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("prepare", help="prepare the job's dataset alone and print the manifest")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on the last line")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("run", help="run the job through the airtune_finetune DAG on the embedded default")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the run's outcome")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("delete", help="delete a job: its Airflow runs, MLflow runs and model, files")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true", help="also when a run is active (it is stopped first)")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
+    p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.set_defaults(func=cmd_make_tiny_model)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The one training command every launcher runs: locally, in a pod, or on each pod of a Job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import PurePath
+
+
+def train_command(
+    resolved: dict,
+    *,
+    spec_path: str | PurePath,
+    data_dir: str | PurePath,
+    output_dir: str | PurePath,
+    python: str | None = None,
+    rendezvous: dict | None = None,
+) -> list[str]:
+    """`python -m airtune.train ...`, through torchrun when the job has more than one process.
+
+    `rendezvous` (several machines): {"master_addr", "master_port", "node_rank"}; the node rank may be
+    a shell expression evaluated in the pod (e.g. "$(JOB_COMPLETION_INDEX)").
+    """
+    python = python or sys.executable
+    runtime = resolved["runtime"]
+    nodes = int(runtime.get("nodes", 1))
+    nproc = max(1, int(runtime.get("gpus_per_node") or 0) or int(runtime.get("processes_per_node", 1)))
+    program = ["-m", "airtune.train", "--spec", str(spec_path), "--data", str(data_dir), "--output", str(output_dir)]
+    if nodes == 1 and nproc == 1:
+        return [python, *program]
+    launcher = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nodes}"]
+    if nodes == 1:
+        launcher.append("--standalone")
+    else:
+        rdzv = rendezvous or {}
+        launcher += [
+            f"--node_rank={rdzv.get('node_rank', '0')}",
+            f"--master_addr={rdzv['master_addr']}",
+            f"--master_port={rdzv.get('master_port', 29500)}",
+        ]
+    return [*launcher, *program]

@@ -1,0 +1,207 @@
+"""The bodies of the DAG's tasks. The DAG file stays thin; everything heavy is imported in here, lazily.
+
+validate ─► prepare_dataset ─► choose_launcher ─► train_<kind> ─► register ─► cleanup (always)
+
+Each task gets and returns small JSON-able dicts (XCom); the real hand-over is the job folder
+`<workspace>/jobs/<name>/<run_id>/` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from airtune import paths
+
+log = logging.getLogger("airtune")
+
+OWNER_FILE = ".owner.json"
+
+
+class NameInUse(ValueError):
+    pass
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def claim_name(name: str, owner: str, run_id: str) -> Path:
+    """Take the job name for this DAG run (FORM.md: a name identifies one job).
+
+    The first run of a name writes `<workspace>/jobs/<name>/.owner.json` with O_EXCL, so two runs
+    started at once cannot both take it. `owner` is the DAG run (on-demand jobs) or the DAG id
+    (retraining DAGs, whose job file owns the name and whose every run adds a model version).
+    """
+    root = paths.workspace() / "jobs" / name
+    root.mkdir(parents=True, exist_ok=True)
+    owner_file = root / OWNER_FILE
+    record = {"owner": owner, "first_run_id": run_id, "claimed_at": time.time()}
+    try:
+        fd = os.open(owner_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        current = json.loads(owner_file.read_text() or "{}")
+        if current.get("owner") != owner:
+            raise NameInUse(
+                f"name: {name!r} is in use by an earlier job ({current.get('owner')}); "
+                "pick another name, or delete that job first (airtune delete NAME)"
+            ) from None
+        return root
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return root
+
+
+def validate(conf: dict, *, dag_id: str, run_id: str, owner: str | None = None) -> dict:
+    """conf → resolved spec in the job folder, the name claimed and the MLflow run created."""
+    from airtune import form, tracking
+    from airtune.resolve import format_errors, validate_mapping
+    from airtune.spec import SpecError
+
+    started = time.monotonic()
+    try:
+        resolved = validate_mapping(form.conf_to_mapping(conf))
+    except SpecError as exc:
+        raise ValueError("the job is not valid:\n" + format_errors(exc)) from None
+    name = resolved["spec"]["name"]
+    root = claim_name(name, owner or f"{dag_id}/{run_id}", run_id)
+    job_dir = root / paths.safe_run_component(run_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for w in resolved.get("warnings", []):
+        log.warning("%s", w)
+    mlflow_run_id = tracking.ensure_run(resolved, dag_id, run_id)
+    resolved["tracking"] = {"mlflow_run_id": mlflow_run_id, "dag_id": dag_id, "run_id": run_id}
+    _write_json_atomic(job_dir / "spec.json", resolved)
+    log.info("job %s: resolved spec written to %s (%.1f s); MLflow run %s", name, job_dir / "spec.json", time.monotonic() - started, mlflow_run_id)
+    from airtune.launch import launcher_kind
+
+    return {
+        "name": name,
+        "job_dir": str(job_dir),
+        "mlflow_run_id": mlflow_run_id,
+        "launcher": launcher_kind(resolved),
+    }
+
+
+def load_resolved(job: dict) -> dict:
+    return json.loads((Path(job["job_dir"]) / "spec.json").read_text())
+
+
+def prepare_dataset(job: dict) -> dict:
+    from airtune import data, tracking
+
+    resolved = load_resolved(job)
+    job_dir = Path(job["job_dir"])
+    cache = paths.airtune_home() / "cache" / "prepared"
+    manifest = data.prepare(resolved, job_dir / "data", cache_dir=cache, log=log.info)
+    figures = {}
+    if hasattr(data, "training_figures"):
+        figures = data.training_figures(manifest, resolved["spec"])
+        for w in figures.get("warnings", []):
+            log.warning("%s", w)
+        log.info("before training: %s", json.dumps({k: v for k, v in figures.items() if k != "warnings"}))
+    try:
+        tracking.set_tags(job["mlflow_run_id"], {
+            "airtune.data.content_hash": str(manifest.get("content_hash", "")),
+            "airtune.data.rows": json.dumps(manifest.get("rows", {})),
+        })
+        if figures:
+            c = tracking.client()
+            tracking.log_params_once(c, job["mlflow_run_id"], tracking.flatten({"figures": {k: v for k, v in figures.items() if k != "warnings"}}))
+    except Exception as exc:  # tracking is informative here; never lose the prepared data over it
+        log.warning("could not record the dataset in MLflow: %s", exc)
+    return {**job, "data_dir": str(job_dir / "data")}
+
+
+def train_env(job: dict) -> dict[str, str]:
+    from airtune import tracking
+
+    return {
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "MLFLOW_RUN_ID": job["mlflow_run_id"],
+        "AIRTUNE_METRICS_FILE": str(Path(job["job_dir"]) / "metrics.jsonl"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def train_local(job: dict) -> dict:
+    from airtune.launch import local
+    from airtune.launch.command import train_command
+
+    resolved = load_resolved(job)
+    job_dir = Path(job["job_dir"])
+    cmd = train_command(
+        resolved,
+        spec_path=job_dir / "spec.json",
+        data_dir=job["data_dir"],
+        output_dir=job_dir / "output",
+    )
+    local.run(cmd, job_dir=job_dir, env=train_env(job), echo=log.info)
+    return job
+
+
+def register(job: dict) -> dict:
+    from airtune import tracking
+
+    job_dir = Path(job["job_dir"])
+    result = json.loads((job_dir / "result.json").read_text())
+    resolved = load_resolved(job)
+    spec = resolved["spec"]
+    final_dir = Path(result.get("best_checkpoint_dir") or result["final_dir"])
+    if not final_dir.is_absolute():
+        final_dir = job_dir / final_dir
+    c = tracking.client()
+    from mlflow.entities import Metric
+
+    summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    now = int(time.time() * 1000)
+    c.log_batch(job["mlflow_run_id"], metrics=[Metric(f"final.{k}", float(v), now, int(result.get("global_step", 0))) for k, v in summary.items()])
+    c.log_artifact(job["mlflow_run_id"], str(job_dir / "spec.json"))
+    version = tracking.register(
+        job["mlflow_run_id"],
+        spec["name"],
+        final_dir,
+        tags={
+            "airflow.dag_id": resolved["tracking"]["dag_id"],
+            "airflow.run_id": resolved["tracking"]["run_id"],
+            "base_model": spec["base_model"],
+            "template": str(spec["template"]),
+            "method": spec["finetuning_method"],
+            "stage": spec["stage"],
+            "datasets": ",".join(spec["dataset"]),
+        },
+    )
+    c.set_terminated(job["mlflow_run_id"], "FINISHED")
+    out = {
+        **job,
+        "registered_model": spec["name"],
+        "model_version": version,
+        "output_dir": str(final_dir),
+        "train_loss_first": result.get("train_loss_first"),
+        "train_loss_last": result.get("train_loss_last"),
+    }
+    _write_json_atomic(job_dir / "registered.json", out)
+    log.info("registered %s version %s from %s", spec["name"], version, final_dir)
+    return out
+
+
+def cleanup(job: dict | None, *, failed: bool = False) -> None:
+    """Always runs: stop anything the train step left behind; mark the MLflow run failed if the DAG run failed."""
+    if not job:
+        return
+    from airtune.launch import local
+
+    if local.cleanup(Path(job["job_dir"])):
+        log.warning("stopped a training process group left behind in %s", job["job_dir"])
+    if failed and job.get("mlflow_run_id"):
+        try:
+            from airtune import tracking
+
+            tracking.client().set_terminated(job["mlflow_run_id"], "FAILED")
+        except Exception as exc:
+            log.warning("could not mark the MLflow run failed: %s", exc)
