@@ -1,0 +1,195 @@
+"""The one place that maps the resolved spec to TRL / PEFT / transformers arguments.
+
+Nothing else in airtune speaks both vocabularies (DESIGN.md). `map_spec` returns:
+
+- `config`: the stage's TRL config (`SFTConfig`, ...), a `transformers.TrainingArguments` subclass;
+- `peft`: a `peft.LoraConfig` for `finetuning_method: lora`, else None;
+- `model_kwargs`: what `from_pretrained` gets (dtype, attention implementation);
+- `loraplus_lr_ratio`: LoRA+ (the optimizer is built by the stage module with PEFT's helper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys airtune sets itself: a user may not override them through extra_args (FORM.md).
+RESERVED_KEYS = frozenset({
+    "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
+    "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy",
+    "ddp_backend", "use_cpu",
+})
+RESERVED_PREFIXES = ("hub_",)
+
+# FORM.md's `optimizer` values are transformers' `optim` names already.
+OPTIMIZERS = {"adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd", "lion_8bit"}
+
+
+class ArgsError(ValueError):
+    """A spec value that cannot become a trainer argument (e.g. an unknown extra_args key)."""
+
+
+@dataclass
+class Mapped:
+    config: Any
+    peft: Any = None
+    model_kwargs: dict = field(default_factory=dict)
+    loraplus_lr_ratio: float | None = None
+
+
+def config_class(stage: str):
+    """The TRL config class of a stage."""
+    if stage in ("sft", "pt"):
+        from trl import SFTConfig
+
+        return SFTConfig
+    raise ArgsError(f"stage {stage!r} is not supported by this trainer yet")
+
+
+def total_steps(rows: int, spec: dict, world_size: int) -> int:
+    """Optimizer steps of the whole job, as transformers counts them (for schedulers that need it)."""
+    per_process = math.ceil(rows / max(1, world_size))
+    batches = math.ceil(per_process / spec["per_device_train_batch_size"])
+    per_epoch = max(1, math.ceil(batches / spec["gradient_accumulation_steps"]))
+    return max(1, math.ceil(per_epoch * float(spec["num_train_epochs"])))
+
+
+def check_extra_args(extra: dict, cls) -> None:
+    """Each extra_args key must be a real field of `cls` and not one airtune sets itself."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in extra:
+        if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
+            raise ArgsError(f"extra_args: {key!r} is set by airtune itself and cannot be given")
+        if key not in fields:
+            raise ArgsError(f"extra_args: {key!r} is not a field of {cls.__name__} (a TRL/transformers training argument)")
+
+
+def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool) -> Mapped:
+    """The resolved spec (docs/architecture.md) as the stage's trainer config, LoRA config and model kwargs."""
+    spec = resolved["spec"]
+    runtime = resolved.get("runtime") or {}
+    stage = spec["stage"]
+    cls = config_class(stage)
+    extra = dict(spec.get("extra_args") or {})
+    check_extra_args(extra, cls)
+
+    compute = spec.get("compute_type") or "fp32"
+    on_cpu = runtime.get("device", "cpu") == "cpu"
+    world_size = int(runtime.get("world_size") or 1)
+
+    scheduler = spec["lr_scheduler_type"]
+    scheduler_kwargs: dict = {}
+    if scheduler == "cosine_with_min_lr":
+        scheduler_kwargs["min_lr_rate"] = float(spec.get("min_lr_rate") or 0.1)
+    elif scheduler == "warmup_stable_decay":
+        # transformers' WSD schedule takes its decay length in steps; FORM.md gives a share of all steps
+        steps = total_steps(train_rows, spec, world_size)
+        scheduler_kwargs["num_decay_steps"] = max(1, round(float(spec.get("decay_ratio") or 0.1) * steps))
+
+    optimizer = spec.get("optimizer") or "adamw_torch"
+    if optimizer not in OPTIMIZERS:
+        raise ArgsError(f"optimizer {optimizer!r} is not one of {sorted(OPTIMIZERS)}")
+
+    distributed = spec.get("distributed") or "ddp"
+    deepspeed = None
+    if distributed in ("zero2", "zero3", "zero3_offload"):
+        from airtune import paths
+
+        deepspeed = str(paths.config_dir() / "deepspeed" / f"{distributed}.json")
+
+    save_steps = int(spec["save_steps"])
+    kwargs: dict[str, Any] = dict(
+        output_dir=output_dir,
+        report_to="none",  # metrics go through our callbacks (metrics.jsonl, MLflow), never twice
+        run_name=spec.get("name"),
+        seed=int(spec.get("seed", 42)),
+        data_seed=int(spec.get("seed", 42)),
+        learning_rate=float(spec["learning_rate"]),
+        num_train_epochs=float(spec["num_train_epochs"]),
+        max_grad_norm=float(spec["max_grad_norm"]),
+        per_device_train_batch_size=int(spec["per_device_train_batch_size"]),
+        per_device_eval_batch_size=int(spec["per_device_train_batch_size"]),
+        gradient_accumulation_steps=int(spec["gradient_accumulation_steps"]),
+        lr_scheduler_type=scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=int(spec.get("warmup_steps") or 0),
+        optim=optimizer,
+        neftune_noise_alpha=spec.get("neftune_noise_alpha"),
+        logging_strategy="steps",
+        logging_steps=int(spec["logging_steps"]),
+        logging_first_step=True,  # result.json's train_loss_first is the loss of step 1
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=int(spec.get("save_total_limit") or 3),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=save_steps if has_eval else None,
+        # with a validation split, the best checkpoint is kept out of save_total_limit's rotation
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        bf16=compute == "bf16",
+        fp16=compute == "fp16",
+        use_cpu=on_cpu,
+        # activations are small next to the weights for LoRA on a GPU; on the CPU recomputing costs ~30 %
+        activation_checkpointing=not on_cpu,
+        deepspeed=deepspeed,
+        ddp_backend="gloo" if on_cpu and world_size > 1 else None,
+        disable_tqdm=True,  # progress lines come from our callback: tqdm bars garble the Airflow task log
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+        save_only_model=False,  # checkpoints keep optimizer, scheduler, RNG and trainer state: resumable
+        push_to_hub=False,
+    )
+    if stage in ("sft", "pt"):
+        # The prepared rows are already tokenized, truncated to cutoff_len and masked (docs/architecture.md):
+        # TRL must neither re-tokenize, re-truncate, re-pack nor re-mask them.
+        kwargs.update(
+            dataset_kwargs={"skip_prepare_dataset": True},
+            packing=False,
+            padding_free=bool(spec.get("packing")),
+            max_length=None if spec.get("packing") else int(spec["cutoff_len"]),
+            completion_only_loss=False,
+            assistant_only_loss=False,
+            shuffle_dataset=False,
+        )
+    kwargs.update(extra)
+    config = cls(**kwargs)
+
+    model_kwargs: dict[str, Any] = {"dtype": _model_dtype(spec)}
+    attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager"}.get(spec.get("booster") or "sdpa")
+    if attn:
+        model_kwargs["attn_implementation"] = attn
+
+    peft = None
+    if spec["finetuning_method"] == "lora":
+        from peft import LoraConfig
+
+        target = spec.get("lora_target") or "all"
+        peft = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=int(spec.get("lora_rank") or 8),
+            lora_alpha=float(spec.get("lora_alpha") or 16),
+            lora_dropout=float(spec["lora_dropout"] if spec.get("lora_dropout") is not None else 0.1),
+            # peft's "all-linear": every nn.Linear except the output layer (lm_head)
+            target_modules="all-linear" if target == "all" else list(target),
+            use_dora=bool(spec.get("use_dora")),
+            use_rslora=bool(spec.get("use_rslora")),
+            bias="none",
+        )
+    return Mapped(config=config, peft=peft, model_kwargs=model_kwargs, loraplus_lr_ratio=spec.get("loraplus_lr_ratio"))
+
+
+def _model_dtype(spec: dict) -> str:
+    """The dtype the weights are loaded in.
+
+    fp32 and mixed precision on `full` keep fp32 master weights; with `lora`/`freeze` the frozen weights
+    are loaded in the half type (trainable ones are kept in fp32 by PEFT / the freeze module);
+    pure_bf16 holds everything in bf16.
+    """
+    compute = spec.get("compute_type") or "fp32"
+    if compute == "pure_bf16":
+        return "bfloat16"
+    if compute in ("bf16", "fp16") and spec["finetuning_method"] != "full":
+        return "bfloat16" if compute == "bf16" else "float16"
+    return "float32"

@@ -1,0 +1,135 @@
+"""Helpers for the trainer's tests: a prepared dataset, a resolved spec and a job folder for the tiny model.
+
+Until `airtune.data` prepares data, these tests build the prepared folder themselves, exactly as
+docs/architecture.md describes it: chatml conversations tokenized with the tiny tokenizer, labels
+-100 on everything but the assistant's reply, save_to_disk train/ + validation/ + manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data" / "llamafactory-demo"
+
+# Every FORM.md key with its default, as `validate` would resolve it for tiny-llama-dev on the CPU.
+SPEC_DEFAULTS = {
+    "name": "train-test", "location": "local", "base_model": "tiny-llama-dev", "template": "chatml",
+    "finetuning_method": "lora", "stage": "sft", "dataset": ["identity"], "reward_model": None, "parent_job": None,
+    "gpu_type": "cpu", "gpus_per_node": 0, "nodes": 1, "cpu": 8, "memory_gib": 64,
+    "learning_rate": 5e-3, "num_train_epochs": 3.0, "max_grad_norm": 1.0, "max_samples": None,
+    "compute_type": "fp32", "cutoff_len": 128, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+    "val_size": 0.2, "lr_scheduler_type": "cosine", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1,
+    "loraplus_lr_ratio": None, "quantization_bit": "none", "quantization_method": "bnb", "rope_scaling": "none",
+    "booster": "sdpa", "distributed": "ddp", "logging_steps": 2, "save_steps": 10, "warmup_steps": 0,
+    "neftune_noise_alpha": None, "optimizer": "adamw_torch", "seed": 42, "extra_args": {},
+    "lora_target": "all", "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None,
+    "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
+    "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
+}
+
+
+def conversations(n: int) -> list[list[dict]]:
+    rows = json.loads((DEMO / "identity.json").read_text())[:n]
+    out = []
+    for row in rows:
+        reply = row["output"].replace("{{name}}", "Tiny").replace("{{author}}", "airtune")
+        out.append([{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": reply}])
+    return out
+
+
+def tokenize(tokenizer, conversation: list[dict], cutoff: int) -> dict:
+    """input_ids of the whole conversation; labels -100 on the prompt (loss on the reply only)."""
+    prompt = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(conversation, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids
+    labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+    return {"input_ids": ids[:cutoff], "labels": labels[:cutoff]}
+
+
+def pack(rows: list[dict], cutoff: int) -> list[dict]:
+    """Examples back to back up to cutoff tokens; position_ids restart at each example."""
+    packed, cur = [], {"input_ids": [], "labels": [], "position_ids": []}
+    for row in rows:
+        if cur["input_ids"] and len(cur["input_ids"]) + len(row["input_ids"]) > cutoff:
+            packed.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += row["input_ids"]
+        cur["labels"] += row["labels"]
+        cur["position_ids"] += list(range(len(row["input_ids"])))
+    if cur["input_ids"]:
+        packed.append(cur)
+    return packed
+
+
+def make_prepared(model_dir: Path, out: Path, *, n: int = 16, repeat: int = 2, n_val: int = 6,
+                  cutoff: int = 128, packing: bool = False, stage: str = "sft") -> Path:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    convs = conversations(n + n_val)
+    train_rows = [tokenize(tokenizer, c, cutoff) for c in convs[:n]] * repeat
+    val_rows = [tokenize(tokenizer, c, cutoff) for c in convs[n:]]
+    if packing:
+        train_rows, val_rows = pack(train_rows, cutoff), pack(val_rows, cutoff)
+    out.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(train_rows).save_to_disk(str(out / "train"))
+    if val_rows:
+        Dataset.from_list(val_rows).save_to_disk(str(out / "validation"))
+    manifest = {
+        "stage": stage, "template": "chatml", "cutoff_len": cutoff, "packing": packing,
+        "rows": {"train": len(train_rows), "validation": len(val_rows)},
+        "tokens": {"train": sum(len(r["input_ids"]) for r in train_rows)},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def make_resolved(model_dir: Path, **overrides) -> dict:
+    spec = {**SPEC_DEFAULTS, **overrides}
+    return {
+        "airtune_version": "0.1.0",
+        "spec": spec,
+        "model": {"name": "tiny-llama-dev", "family": "llama", "kind": "base", "template": "chatml",
+                  "context_length": 2048, "params_b": 0.0018, "weights": str(model_dir), "revision": None},
+        "template": {"name": "chatml", "path": str(REPO / "configs" / "templates" / "chatml.jinja")},
+        "datasets": [],
+        "location": {"name": "local", "kind": "local"},
+        "runtime": {"nodes": 1, "gpus_per_node": 0, "world_size": 1, "device": "cpu"},
+        "parent": None,
+        "reward_model": None,
+        "estimate": {"gpu_memory_gib_per_process": None},
+        "warnings": [],
+    }
+
+
+def make_job(job_dir: Path, model_dir: Path, data_dir: Path, **overrides) -> Path:
+    """A job folder with spec.json; data/ points at a prepared dataset."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "spec.json").write_text(json.dumps(make_resolved(model_dir, **overrides), indent=2))
+    return job_dir
+
+
+def train_cmd(job_dir: Path, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "airtune.train", "--spec", str(job_dir / "spec.json"),
+            "--data", str(data_dir), "--output", str(job_dir / "output")]
+
+
+def train_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "AIRTUNE_METRICS_FILE")}
+    env.update({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}, **extra)
+    return env
+
+
+def run_train(job_dir: Path, data_dir: Path, *, check: bool = True, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(job_dir, data_dir), env=train_env(**env), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
