@@ -133,3 +133,47 @@ def run_train(job_dir: Path, data_dir: Path, *, check: bool = True, timeout: int
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def make_prepared_text(model_dir: Path, out: Path, *, docs: int = 8, repeat: int = 4, n_val: int = 4, cutoff: int = 128) -> Path:
+    """Stage pt: c4 documents tokenized (+ eos; cut to 64 tokens, so two share a block), packed into
+    cutoff-token blocks with position_ids per document; a few documents repeated, so the loss falls fast."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lines = (DEMO / "c4_demo.jsonl").read_text().splitlines()[: docs + n_val]
+    rows = []
+    for line in lines:
+        ids = tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"][:63] + [tokenizer.eos_token_id]
+        rows.append({"input_ids": ids, "labels": list(ids)})
+    train, val = pack(rows[:docs] * repeat, cutoff), pack(rows[docs:], cutoff)
+    out.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(train).save_to_disk(str(out / "train"))
+    Dataset.from_list(val).save_to_disk(str(out / "validation"))
+    (out / "manifest.json").write_text(json.dumps({"stage": "pt", "cutoff_len": cutoff, "packing": True,
+                                                   "rows": {"train": len(train), "validation": len(val)}}))
+    return out
+
+
+def result(job: Path) -> dict:
+    return json.loads((job / "result.json").read_text())
+
+
+def assert_loss_fell(job: Path, by: float = 0.3) -> dict:
+    import math
+
+    res = result(job)
+    first, last = res["train_loss_first"], res["train_loss_last"]
+    assert math.isfinite(first) and math.isfinite(last), res
+    assert last < first - by, res
+    return res
+
+
+def load_safetensors_dir(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state

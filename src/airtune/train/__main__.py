@@ -63,9 +63,9 @@ def extra_callbacks() -> list:
 
 
 def stage_module(stage: str):
-    from airtune.train import sft
+    from airtune.train import pt, sft
 
-    stages = {"sft": sft}
+    stages = {"pt": pt, "sft": sft}
     if stage not in stages:
         raise SystemExit(f"[airtune] stage {stage!r} is not supported by this trainer yet (supported: {sorted(stages)})")
     return stages[stage]
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from airtune.train.args import map_spec
     from airtune.train.callbacks import MetricsFileCallback, trim_metrics_file
     from airtune.train.checkpoints import newest_checkpoint, save_final, summarize, write_json_atomic
-    from airtune.train.model import attach_lora, count_parameters, load_model, load_tokenizer
+    from airtune.train.model import count_parameters, load_model, load_tokenizer, make_trainable
 
     # 1. data: already tokenized, masked and split by the prepare step
     train, validation, manifest = load_data(args.data)
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(config.seed)
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved, mapped.model_kwargs)
-    if mapped.peft is not None:
-        model = attach_lora(model, mapped.peft)
+    model = make_trainable(model, spec, mapped.peft)
     trainable, total = count_parameters(model)
     log(
         f"{spec['stage']}/{spec['finetuning_method']} on {resolved['model']['name']}: {trainable:,} of {total:,} "

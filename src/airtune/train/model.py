@@ -28,11 +28,52 @@ def load_model(resolved: dict, model_kwargs: dict, *, model_class=None):
     return model_class.from_pretrained(model["weights"], revision=model.get("revision"), **model_kwargs)
 
 
+def make_trainable(model, spec: dict, peft_config):
+    """The finetuning_method: `lora` wraps the model in a PeftModel, `freeze` trains the last layers,
+    `full` trains every weight."""
+    method = spec["finetuning_method"]
+    if method == "lora":
+        return attach_lora(model, peft_config)
+    if method == "freeze":
+        freeze_all_but_last_layers(model, spec.get("freeze_trainable_layers") or 2, upcast=spec.get("compute_type") != "pure_bf16")
+        return model
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    raise ValueError(f"finetuning_method {method!r} is not one of lora, freeze, full")
+
+
 def attach_lora(model, peft_config):
     """Wrap `model` in a PeftModel: the base weights frozen, the LoRA matrices trainable (kept in fp32)."""
     from peft import get_peft_model
 
     return get_peft_model(model, peft_config)
+
+
+def freeze_all_but_last_layers(model, n: int, *, upcast: bool = True) -> list[str]:
+    """`freeze`: only the last `n` decoder layers train; embeddings, the other layers, the final norm and
+    the output layer stay frozen. Trainable weights are kept in fp32 (the optimizer's updates of a
+    half-precision weight would round away). Returns the names of the trainable parameters."""
+    import re
+
+    import torch
+
+    layers = int(model.config.get_text_config().num_hidden_layers)
+    n = max(1, min(int(n), layers))
+    trainable_ids = {str(i) for i in range(layers - n, layers)}
+    pattern = re.compile(r"\.layers\.(\d+)\.")
+    names = []
+    for name, param in model.named_parameters():
+        match = pattern.search(name)
+        train = bool(match and match.group(1) in trainable_ids)
+        param.requires_grad_(train)
+        if train:
+            if upcast and param.dtype in (torch.float16, torch.bfloat16):
+                param.data = param.data.float()
+            names.append(name)
+    if not names:
+        raise ValueError(f"freeze: no parameter of {type(model).__name__} matched '.layers.<i>.'; cannot pick the last {n} layers")
+    return names
 
 
 def count_parameters(model) -> tuple[int, int]:
