@@ -4,7 +4,8 @@ Nothing else in airtune speaks both vocabularies (DESIGN.md). `map_spec` returns
 
 - `config`: the stage's TRL config (`SFTConfig`, ...), a `transformers.TrainingArguments` subclass;
 - `peft`: a `peft.LoraConfig` for `finetuning_method: lora`, else None;
-- `model_kwargs`: what `from_pretrained` gets (dtype, attention implementation);
+- `model_kwargs`: what `from_pretrained` gets (dtype, attention implementation, quantization);
+- `config_overrides`: changes to the model's config (RoPE scaling), merged into its own values;
 - `loraplus_lr_ratio`: LoRA+ (the optimizer is built by the stage module with PEFT's helper).
 """
 
@@ -36,6 +37,7 @@ class Mapped:
     config: Any
     peft: Any = None
     model_kwargs: dict = field(default_factory=dict)
+    config_overrides: dict = field(default_factory=dict)  # merged into the model's config before loading
     loraplus_lr_ratio: float | None = None
 
 
@@ -157,9 +159,19 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     config = cls(**kwargs)
 
     model_kwargs: dict[str, Any] = {"dtype": _model_dtype(spec)}
-    attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager"}.get(spec.get("booster") or "sdpa")
-    if attn:
-        model_kwargs["attn_implementation"] = attn
+    booster = spec.get("booster") or "sdpa"
+    if booster == "unsloth":
+        raise ArgsError("booster 'unsloth' is not supported by this trainer (Unsloth is not installed in the training image)")
+    if booster == "liger_kernel":
+        if on_cpu:
+            raise ArgsError("booster 'liger_kernel' needs a CUDA GPU (Liger's kernels are Triton kernels)")
+        model_kwargs["use_kernels"] = True  # TRL's replacement for use_liger_kernel
+    attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager", "liger_kernel": "sdpa"}[booster]
+    model_kwargs["attn_implementation"] = attn
+    quantization = _quantization_config(spec, compute)
+    if quantization is not None:
+        model_kwargs["quantization_config"] = quantization
+    config_overrides = _rope_parameters(spec, resolved.get("model") or {}) or {}
 
     peft = None
     if spec["finetuning_method"] == "lora":
@@ -177,7 +189,8 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
             use_rslora=bool(spec.get("use_rslora")),
             bias="none",
         )
-    return Mapped(config=config, peft=peft, model_kwargs=model_kwargs, loraplus_lr_ratio=spec.get("loraplus_lr_ratio"))
+    return Mapped(config=config, peft=peft, model_kwargs=model_kwargs, config_overrides=config_overrides,
+                  loraplus_lr_ratio=spec.get("loraplus_lr_ratio"))
 
 
 def _model_dtype(spec: dict) -> str:
@@ -193,3 +206,55 @@ def _model_dtype(spec: dict) -> str:
     if compute in ("bf16", "fp16") and spec["finetuning_method"] != "full":
         return "bfloat16" if compute == "bf16" else "float16"
     return "float32"
+
+
+def _quantization_config(spec: dict, compute: str):
+    """QLoRA: the frozen base weights quantized on load (bitsandbytes also runs on the CPU)."""
+    bits = str(spec.get("quantization_bit") or "none")
+    if bits == "none":
+        return None
+    if spec["finetuning_method"] != "lora":
+        raise ArgsError(f"quantization_bit {bits} needs finetuning_method lora, not {spec['finetuning_method']!r}")
+    import torch
+
+    compute_dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16}.get(compute, torch.float32)
+    method = spec.get("quantization_method") or "bnb"
+    if method == "bnb":
+        from transformers import BitsAndBytesConfig
+
+        if bits == "4":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if method == "hqq":
+        from transformers import HqqConfig
+
+        return HqqConfig(nbits=int(bits), group_size=64)
+    if method == "eetq":
+        from transformers import EetqConfig
+
+        return EetqConfig("int8")
+    raise ArgsError(f"quantization_method {method!r} is not one of bnb, hqq, eetq")
+
+
+def _rope_parameters(spec: dict, model: dict) -> dict | None:
+    """rope_scaling: factor = ceil(cutoff_len / the model's max positions); nothing when cutoff_len fits.
+    `rope_parameters` is merged into the model's own (which keep e.g. rope_theta)."""
+    kind = spec.get("rope_scaling") or "none"
+    if kind == "none":
+        return None
+    max_positions = int(model.get("context_length") or 0)
+    if not max_positions:
+        raise ArgsError("rope_scaling needs the model's context_length (the catalog's entry has none)")
+    factor = math.ceil(int(spec["cutoff_len"]) / max_positions)
+    if factor <= 1:
+        return None  # validate already warned that cutoff_len fits
+    rope: dict[str, Any] = {"rope_type": kind, "factor": float(factor)}
+    if kind in ("yarn", "llama3"):
+        rope["original_max_position_embeddings"] = max_positions
+    if kind == "llama3":
+        rope.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    out: dict[str, Any] = {"rope_parameters": rope}
+    if kind != "dynamic":
+        out["max_position_embeddings"] = max_positions * factor
+    return out

@@ -19,20 +19,31 @@ def load_tokenizer(resolved: dict):
     return tokenizer
 
 
-def load_model(resolved: dict, model_kwargs: dict, *, model_class=None):
-    """The base model (AutoModelForCausalLM unless the stage asks for another class)."""
-    from transformers import AutoModelForCausalLM
+def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | None = None, model_class=None, **extra):
+    """The base model (AutoModelForCausalLM unless the stage asks for another class).
+
+    `config_overrides` change the model's config first; dict values (rope_parameters) are merged into
+    the config's own, so e.g. the model's rope_theta is kept."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     model_class = model_class or AutoModelForCausalLM
     model = resolved["model"]
-    return model_class.from_pretrained(model["weights"], revision=model.get("revision"), **model_kwargs)
+    config = AutoConfig.from_pretrained(model["weights"], revision=model.get("revision"), **extra)
+    for key, value in (config_overrides or {}).items():
+        current = getattr(config, key, None)
+        setattr(config, key, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
+    return model_class.from_pretrained(model["weights"], revision=model.get("revision"), config=config, **model_kwargs)
 
 
-def make_trainable(model, spec: dict, peft_config):
-    """The finetuning_method: `lora` wraps the model in a PeftModel, `freeze` trains the last layers,
-    `full` trains every weight."""
+def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = False):
+    """The finetuning_method: `lora` wraps the model in a PeftModel (after preparing a quantized base
+    for k-bit training), `freeze` trains the last layers, `full` trains every weight."""
     method = spec["finetuning_method"]
     if method == "lora":
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) or getattr(model, "hf_quantizer", None):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         return attach_lora(model, peft_config)
     if method == "freeze":
         freeze_all_but_last_layers(model, spec.get("freeze_trainable_layers") or 2, upcast=spec.get("compute_type") != "pure_bf16")

@@ -1,0 +1,130 @@
+"""Advanced options, each trained for real on the tiny model (8 steps, in this process, CPU, fp32)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from .helpers import assert_loss_fell, load_safetensors_dir, make_job, make_resolved, metrics, train_in_process
+
+SHORT = dict(num_train_epochs=1, save_steps=100)  # 32 rows / batch 4 = 8 steps
+
+
+def run(tmp_path, model_dir, data, **over):
+    job = make_job(tmp_path / "job", model_dir, data, **{**SHORT, **over})
+    train_in_process(job, data)
+    return job
+
+
+def test_dora(tiny_model_dir, sft_data, tmp_path):
+    job = run(tmp_path, tiny_model_dir, sft_data, use_dora=True)
+    assert_loss_fell(job)
+    state = load_safetensors_dir(job / "output" / "final")
+    assert any("lora_magnitude_vector" in k for k in state)
+
+
+def test_rslora(tiny_model_dir, sft_data, tmp_path):
+    job = run(tmp_path, tiny_model_dir, sft_data, use_rslora=True)
+    assert_loss_fell(job)
+    assert json.loads((job / "output" / "final" / "adapter_config.json").read_text())["use_rslora"] is True
+
+
+def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate(tiny_model_dir, sft_data, tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from airtune.train.args import map_spec
+    from airtune.train.optim import loraplus_optimizer
+
+    mapped = map_spec(make_resolved(tiny_model_dir, loraplus_lr_ratio=16.0), output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), mapped.peft)
+    optimizer = loraplus_optimizer(model, mapped.config, mapped.loraplus_lr_ratio)
+    ids = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            expected = 5e-3 * 16 if "lora_B" in ids[id(p)] else 5e-3
+            assert group["lr"] == pytest.approx(expected), ids[id(p)]
+    job = run(tmp_path, tiny_model_dir, sft_data, loraplus_lr_ratio=16.0, learning_rate=1e-3)
+    assert_loss_fell(job)
+
+
+def test_neftune_adds_noise_in_training(tiny_model_dir, sft_data, sft_run, tmp_path):
+    job = run(tmp_path, tiny_model_dir, sft_data, neftune_noise_alpha=1.0)  # noise ~ 1/sqrt(60*128): like the embeddings (std 0.02)
+    res = assert_loss_fell(job, by=0.1)
+    plain = json.loads((sft_run / "result.json").read_text())["train_loss_first"]
+    # step 1's loss comes before any update: it differs from the plain run only through the noise
+    assert abs(res["train_loss_first"] - plain) > 1e-4, (res["train_loss_first"], plain)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adafactor", 5e-3), ("sgd", 0.5), ("adamw_torch_fused", 5e-3),
+                                          ("adamw_8bit", 5e-3), ("lion_8bit", 1e-3)])
+def test_optimizers(tiny_model_dir, sft_data, tmp_path, optimizer, lr):
+    if optimizer.endswith("_8bit"):
+        pytest.importorskip("bitsandbytes")
+    job = run(tmp_path, tiny_model_dir, sft_data, optimizer=optimizer, learning_rate=lr)
+    assert_loss_fell(job, by=0.2)
+
+
+SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_scheduler_builds_from_the_spec(tiny_model_dir, tmp_path, scheduler):
+    import torch
+    from transformers import get_scheduler
+
+    from airtune.train.args import map_spec
+
+    mapped = map_spec(make_resolved(tiny_model_dir, lr_scheduler_type=scheduler, warmup_steps=2, min_lr_rate=0.1, decay_ratio=0.5),
+                      output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    c = mapped.config
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.learning_rate)
+    sched = get_scheduler(c.lr_scheduler_type, optimizer, num_warmup_steps=c.get_warmup_steps(24),
+                          num_training_steps=24, scheduler_specific_kwargs=c.lr_scheduler_kwargs)
+    lrs = []
+    for _ in range(24):
+        lrs.append(sched.get_last_lr()[0])
+        optimizer.step()
+        sched.step()
+    if scheduler != "constant":  # transformers' constant schedule has no warmup
+        assert lrs[0] < lrs[2] == pytest.approx(5e-3)  # warmup over 2 steps
+    if scheduler == "cosine_with_min_lr":
+        assert min(lrs[2:]) >= 5e-4 * 0.999  # never below min_lr_rate * lr
+    if scheduler == "warmup_stable_decay":
+        assert lrs[2:12] == pytest.approx([5e-3] * 10) and lrs[-1] < 1e-3  # decays over the last half
+
+
+def test_scheduler_and_warmup_in_a_run(tiny_model_dir, sft_data, tmp_path):
+    job = run(tmp_path, tiny_model_dir, sft_data, lr_scheduler_type="cosine_with_min_lr", min_lr_rate=0.2, warmup_steps=2,
+              logging_steps=1)
+    assert_loss_fell(job)
+    lrs = [r["learning_rate"] for r in metrics(job) if "loss" in r]
+    # the rate each step trained with: warmup 0 -> 2.5e-3 -> 5e-3, then cosine down to 20 %
+    assert lrs[:3] == pytest.approx([0.0, 2.5e-3, 5e-3])
+    assert min(lrs[2:]) >= 1e-3 * 0.999 and lrs[-1] < 2e-3
+
+
+def test_qlora_4bit_bnb_on_cpu(tiny_model_dir, sft_data, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    job = run(tmp_path, tiny_model_dir, sft_data, quantization_bit="4")
+    assert_loss_fell(job)
+    state = load_safetensors_dir(job / "output" / "final")
+    assert state and all("lora_" in k for k in state)
+
+
+def test_rope_scaling_factor_from_cutoff(tiny_model_dir, tmp_path):
+    from airtune.train.args import map_spec
+    from airtune.train.model import load_model
+
+    resolved = make_resolved(tiny_model_dir, rope_scaling="linear", cutoff_len=5000)  # 5000 / 2048 -> factor 3
+    mapped = map_spec(resolved, output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    model = load_model(resolved, mapped.model_kwargs, config_overrides=mapped.config_overrides)
+    rope = model.config.rope_parameters
+    assert rope["rope_type"] == "linear" and rope["factor"] == 3.0 and rope["rope_theta"] == 10000.0
+    assert model.config.max_position_embeddings == 3 * 2048
+    fits = map_spec(make_resolved(tiny_model_dir, rope_scaling="linear", cutoff_len=1024), output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    assert fits.config_overrides == {}
+    assert math.isfinite(float(model(input_ids=__import__("torch").arange(8)[None]).logits.sum()))
