@@ -106,10 +106,7 @@ def prepare_dataset(job: dict) -> dict:
             log.warning("%s", w)
         log.info("before training: %s", json.dumps({k: v for k, v in figures.items() if k != "warnings"}))
     try:
-        tracking.set_tags(job["mlflow_run_id"], {
-            "airtune.data.content_hash": str(manifest.get("content_hash", "")),
-            "airtune.data.rows": json.dumps(manifest.get("rows", {})),
-        })
+        tracking.record_dataset(job["mlflow_run_id"], manifest, resolved)
         if figures:
             c = tracking.client()
             tracking.log_params_once(c, job["mlflow_run_id"], tracking.flatten({"figures": {k: v for k, v in figures.items() if k != "warnings"}}))
@@ -146,47 +143,23 @@ def train_local(job: dict) -> dict:
 
 
 def register(job: dict) -> dict:
+    """The MLflow side of a finished training (tracking.finish_run): metrics MLflow missed, every
+    checkpoint, the best one registered with alias `best`, the curves and summary; safe to retry."""
     from airtune import tracking
 
     job_dir = Path(job["job_dir"])
     result = json.loads((job_dir / "result.json").read_text())
     resolved = load_resolved(job)
     spec = resolved["spec"]
-    final_dir = Path(result.get("best_checkpoint_dir") or result["final_dir"])
-    if not final_dir.is_absolute():
-        final_dir = job_dir / final_dir
-    c = tracking.client()
-    from mlflow.entities import Metric
-
-    summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    now = int(time.time() * 1000)
-    c.log_batch(job["mlflow_run_id"], metrics=[Metric(f"final.{k}", float(v), now, int(result.get("global_step", 0))) for k, v in summary.items()])
-    c.log_artifact(job["mlflow_run_id"], str(job_dir / "spec.json"))
-    version = tracking.register(
-        job["mlflow_run_id"],
-        spec["name"],
-        final_dir,
-        tags={
-            "airflow.dag_id": resolved["tracking"]["dag_id"],
-            "airflow.run_id": resolved["tracking"]["run_id"],
-            "base_model": spec["base_model"],
-            "template": str(spec["template"]),
-            "method": spec["finetuning_method"],
-            "stage": spec["stage"],
-            "datasets": ",".join(spec["dataset"]),
-        },
-    )
-    c.set_terminated(job["mlflow_run_id"], "FINISHED")
+    recorded = tracking.finish_run(job_dir, resolved, job["mlflow_run_id"])
     out = {
         **job,
-        "registered_model": spec["name"],
-        "model_version": version,
-        "output_dir": str(final_dir),
+        **recorded,
         "train_loss_first": result.get("train_loss_first"),
         "train_loss_last": result.get("train_loss_last"),
     }
     _write_json_atomic(job_dir / "registered.json", out)
-    log.info("registered %s version %s from %s", spec["name"], version, final_dir)
+    log.info("registered %s version %s (%s) from %s", spec["name"], recorded["model_version"], recorded["model_uri"], recorded["best_checkpoint"])
     return out
 
 
