@@ -1,0 +1,383 @@
+"""Render examples with the job's Jinja chat template, tokenize them and mask the labels.
+
+Where the assistant's turns are: the conversation is rendered turn by turn. The prompt up to
+assistant turn i is `render(messages[:i], add_generation_prompt=True)`, the turn ends where
+`render(messages[:i + 1])` ends; both must be prefixes of the full rendering, so each turn is an
+exact character span of the text the model sees. The full rendering is tokenized once (as
+`apply_chat_template` would: no special tokens added, the template writes them) and the spans are
+mapped to tokens through the tokenizer's own character offsets, so `input_ids` equal
+`tokenizer(apply_chat_template(messages))` exactly and the masks follow the characters. A token that
+straddles a span boundary (text merging across it) is counted in the manifest (`boundary_tokens`).
+
+A turn's span stops after its end-of-turn token: trailing whitespace the template writes between
+turns (chatml's "\n" after <|im_end|>) is not trained. A template that ends assistant turns with no
+special token at all (GLM-4's) gets the tokenizer's EOS appended to each answer, as LLaMA-Factory
+does for such templates (`efficient_eos`), so that the model learns to stop.
+
+Templates whose rendering of earlier turns depends on what follows (Qwen3 drops the reasoning of
+earlier turns) are not prefix-stable; for those the turns are found by their content in the full
+rendering instead, extended over the end-of-turn token that follows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+IGNORE = -100
+
+
+class TemplateRefused(Exception):
+    """The chat template raised (e.g. "roles must alternate") or cannot be split into turns for this row."""
+
+
+def load_tokenizer(weights: str, revision: str | None = None):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(weights, revision=revision)
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's split of cutoff_len between a prompt and its answer (data/processor/processor_utils.py)."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    new_source_len = min(max_source_len, source_len)
+    return new_source_len, new_target_len
+
+
+class Encoder:
+    """One per process: the tokenizer, the compiled template and the stage's options."""
+
+    def __init__(self, weights: str, revision: str | None, template_text: str, *, stage: str, cutoff_len: int,
+                 train_on_prompt: bool = False, mask_history: bool = False, tokenizer=None):
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(weights, revision)
+        self.backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "_tokenizer", None)
+        self.template_text = template_text
+        self.compiled = _compile_jinja_template(template_text)
+        self.special = dict(self.tokenizer.special_tokens_map)
+        self.stage = stage
+        self.cutoff_len = cutoff_len
+        self.train_on_prompt = train_on_prompt
+        self.mask_history = mask_history
+        tok = self.tokenizer
+        self.eos_id = tok.eos_token_id
+        self.eos = tok.eos_token
+        self.control_tokens = sorted((t for t in tok.get_added_vocab() if t), key=len, reverse=True)
+        self.handles_tool_calls = "tool_calls" in template_text
+        self.handles_tools = "tools" in template_text
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _prep(self, messages: list[dict]) -> list[dict]:
+        if self.handles_tool_calls:
+            return messages
+        out = []
+        for m in messages:
+            if m.get("tool_calls"):
+                calls = [c["function"] for c in m["tool_calls"]]
+                text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+                m = {"role": m["role"], "content": (m["content"] + "\n" if m["content"] else "") + text}
+            out.append(m)
+        return out
+
+    def render(self, messages: list[dict], tools=None, add_generation_prompt: bool = False) -> str:
+        try:
+            return self.compiled.render(messages=messages, tools=tools, documents=None,
+                                        add_generation_prompt=add_generation_prompt, **self.special)
+        except Exception as exc:  # jinja2.TemplateError from raise_exception(), or a template bug
+            raise TemplateRefused(f"the chat template refuses this conversation: {exc}") from None
+
+    def _turn_end(self, text: str, a: int, b: int) -> tuple[int, bool]:
+        """Trim the whitespace written after a turn; say whether the turn ends with a control token."""
+        while b > a and text[b - 1] in " \t\r\n":
+            b -= 1
+        ends = any(text.startswith(t, b - len(t)) for t in self.control_tokens if len(t) <= b - a)
+        return b, ends
+
+    def spans(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int, bool]]]:
+        """The full rendering and each assistant turn's (start, end, ends_with_control_token) in it."""
+        messages = self._prep(messages)
+        full = self.render(messages, tools)
+        out = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            pre = self.render(messages[:i], tools, add_generation_prompt=True)
+            post = full if i == len(messages) - 1 else self.render(messages[: i + 1], tools)
+            if not (full.startswith(post) and post.startswith(pre)):
+                return full, self._spans_by_content(full, messages)
+            b, ends = self._turn_end(full, len(pre), len(post))
+            out.append((len(pre), b, ends))
+        return full, out
+
+    def _spans_by_content(self, full: str, messages: list[dict]) -> list[tuple[int, int, bool]]:
+        out, cursor = [], 0
+        for m in messages:
+            content = (m.get("content") or "").strip()
+            if not content:
+                if m["role"] == "assistant":
+                    raise TemplateRefused("the template renders earlier turns differently from the whole "
+                                          "conversation and an assistant turn has no text to find it by")
+                continue
+            at = full.find(content, cursor)
+            if at < 0:
+                raise TemplateRefused("the template renders earlier turns differently from the whole "
+                                      "conversation and changes a turn's text; its turns cannot be found")
+            end = at + len(content)
+            if m["role"] == "assistant":
+                rest = full[end:]
+                stripped = rest.lstrip(" \t\r\n")
+                for t in self.control_tokens:
+                    if stripped.startswith(t):
+                        end += len(rest) - len(stripped) + len(t)
+                        break
+                b, ends = self._turn_end(full, at, end)
+                out.append((at, b, ends))
+            cursor = end
+        return out
+
+    # -- tokenizing ----------------------------------------------------------------------------
+    def _encode_texts(self, texts: list[str]):
+        if self.backend is not None:
+            return self.backend.encode_batch(texts, add_special_tokens=False)
+        return [None for _ in texts]
+
+    def _ids_and_bounds(self, enc, text: str, bounds: list[int]) -> tuple[list[int], list[int], int]:
+        """Token ids of `text` and the token index at each character position in `bounds`."""
+        if enc is None:  # a tokenizer without offsets: tokenize the pieces between the bounds
+            ids, toks, prev = [], [], 0
+            for b in bounds:
+                ids += self.tokenizer.encode(text[prev:b], add_special_tokens=False)
+                toks.append(len(ids))
+                prev = b
+            ids += self.tokenizer.encode(text[prev:], add_special_tokens=False)
+            return ids, toks, 0
+        ids = enc.ids
+        n, length = len(ids), len(text)
+        toks, straddle = [], 0
+        for pos in bounds:
+            if pos >= length:
+                toks.append(n)
+                continue
+            p, t = pos, enc.char_to_token(pos)
+            while t is None and p < length - 1:
+                p += 1
+                t = enc.char_to_token(p)
+            if t is None:
+                toks.append(n)
+                continue
+            if enc.token_to_chars(t)[0] != pos and p == pos:
+                straddle += 1
+                t += 1  # the merged token belongs to the text before the bound
+            toks.append(t)
+        return ids, toks, straddle
+
+    # -- stages --------------------------------------------------------------------------------
+    def encode_batch(self, examples: list[dict]) -> list[dict]:
+        """Each example → {"ok": row dict} or {"bad": problem} or {"drop": reason}; plus stats keys."""
+        if self.stage in ("sft",):
+            return self._encode_sft(examples)
+        if self.stage == "pt":
+            return self._encode_text(examples)
+        if self.stage in ("rm", "dpo"):
+            return self._encode_pairs(examples)
+        if self.stage == "kto":
+            return self._encode_kto(examples)
+        if self.stage == "grpo":
+            return self._encode_prompts(examples)
+        raise ValueError(f"stage {self.stage!r}")
+
+    def _encode_sft(self, examples: list[dict]) -> list[dict]:
+        rendered, results = [], [None] * len(examples)
+        for k, ex in enumerate(examples):
+            try:
+                rendered.append((k, *self.spans(ex["messages"], ex.get("tools"))))
+            except TemplateRefused as exc:
+                results[k] = {"bad": str(exc)}
+        encs = self._encode_texts([r[1] for r in rendered])
+        for (k, text, spans), enc in zip(rendered, encs):
+            bounds = [p for a, b, _ in spans for p in (a, b)]
+            ids, toks, straddle = self._ids_and_bounds(enc, text, bounds)
+            results[k] = self._label_sft(ids, [(toks[2 * j], toks[2 * j + 1], spans[j][2]) for j in range(len(spans))], straddle)
+        return results
+
+    def _label_sft(self, ids: list[int], turns: list[tuple[int, int, bool]], straddle: int) -> dict:
+        last = len(turns) - 1
+        if not self.train_on_prompt:
+            labels = [IGNORE] * len(ids)
+        else:
+            labels = list(ids)
+        inserted = 0
+        ids = list(ids)
+        for j, (ta, tb, ends) in enumerate(turns):
+            ta, tb = ta + inserted, tb + inserted
+            trained = not (self.mask_history and j != last)
+            if not ends and self.eos_id is not None:  # the template ends the turn with no token: add EOS
+                ids.insert(tb, self.eos_id)
+                labels.insert(tb, self.eos_id)
+                inserted += 1
+                tb += 1
+            if trained:
+                labels[ta:tb] = ids[ta:tb]
+            else:
+                labels[ta:tb] = [IGNORE] * (tb - ta)
+        return self._truncate(ids, labels, straddle)
+
+    def _truncate(self, ids: list[int], labels: list[int], straddle: int = 0) -> dict:
+        n = len(ids)
+        truncated = n > self.cutoff_len
+        if truncated:
+            ids, labels = ids[: self.cutoff_len], labels[: self.cutoff_len]
+        if all(x == IGNORE for x in labels):
+            return {"drop": "no_labels" if not truncated else "no_labels_after_truncation", "truncated": truncated}
+        return {"ok": {"input_ids": ids, "labels": labels}, "truncated": truncated, "straddle": straddle, "tokens_before": n}
+
+    def _encode_text(self, examples: list[dict]) -> list[dict]:
+        texts = [ex["text"] for ex in examples]
+        if self.backend is not None:
+            encs = self.backend.encode_batch(texts, add_special_tokens=True)
+            all_ids = [e.ids for e in encs]
+        else:
+            all_ids = [self.tokenizer.encode(t, add_special_tokens=True) for t in texts]
+        out = []
+        for ids in all_ids:
+            if self.eos_id is not None:
+                ids = ids + [self.eos_id]
+            # pt rows are cut into cutoff_len blocks when packing, so truncation is decided there
+            out.append({"ok": {"input_ids": ids, "labels": ids}, "truncated": False, "straddle": 0, "tokens_before": len(ids)})
+        return out
+
+    def _prompt_and_answers(self, prompt: list[dict], answers: list[dict], tools) -> tuple[list[int], list[list[int]], int]:
+        """Token ids of the prompt (with the generation prompt) and of each answer after it."""
+        prompt = self._prep(prompt)
+        answers = self._prep(answers)
+        pre = self.render(prompt, tools, add_generation_prompt=True)
+        texts, spans = [], []
+        for ans in answers:
+            full = self.render(prompt + [ans], tools)
+            if not full.startswith(pre):
+                raise TemplateRefused("the template renders the prompt differently once an answer follows")
+            b, ends = self._turn_end(full, len(pre), len(full))
+            texts.append(full)
+            spans.append((len(pre), b, ends))
+        encs = self._encode_texts(texts)
+        prompt_ids, answer_ids, straddle = None, [], 0
+        for text, (a, b, ends), enc in zip(texts, spans, encs):
+            ids, (ta, tb), s = self._ids_and_bounds(enc, text, [a, b])
+            straddle += s
+            ans = list(ids[ta:tb]) + ([self.eos_id] if not ends and self.eos_id is not None else [])
+            if prompt_ids is None:
+                prompt_ids = list(ids[:ta])
+            elif list(ids[:ta]) != prompt_ids:  # rare: text merged differently at the boundary
+                k = 0
+                while k < min(ta, len(prompt_ids)) and ids[k] == prompt_ids[k]:
+                    k += 1
+                answer_ids = [prompt_ids[k:] + x for x in answer_ids]
+                prompt_ids = prompt_ids[:k]
+                ans = list(ids[k:ta]) + ans
+            answer_ids.append(ans)
+        return prompt_ids, answer_ids, straddle
+
+    def _encode_pairs(self, examples: list[dict]) -> list[dict]:
+        out = []
+        for ex in examples:
+            try:
+                p, (c, r), straddle = self._prompt_and_answers(ex["prompt"], [ex["chosen"], ex["rejected"]], ex.get("tools"))
+            except TemplateRefused as exc:
+                out.append({"bad": str(exc)})
+                continue
+            n_before = len(p) + max(len(c), len(r))
+            truncated = n_before > self.cutoff_len
+            if truncated:
+                src, tgt = infer_seqlen(len(p), max(len(c), len(r)), self.cutoff_len)
+                p, c, r = p[len(p) - src:], c[:tgt], r[:tgt]  # keep the prompt's end: it leads into the answer
+            if not c or not r:
+                out.append({"drop": "no_labels_after_truncation", "truncated": truncated})
+                continue
+            if self.stage == "rm":  # TRL's RewardTrainer: whole sequences, already tokenized
+                row = {"chosen_ids": p + c, "rejected_ids": p + r}
+            else:  # TRL's DPO collator: the prompt and the two answers apart
+                row = {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+            row.update(_conversational(ex, ("prompt", "chosen", "rejected")))
+            out.append({"ok": row, "truncated": truncated, "straddle": straddle, "tokens_before": n_before,
+                        "tokens": len(p) + len(c) + len(r), "label_tokens": len(c) + len(r)})
+        return out
+
+    def _encode_kto(self, examples: list[dict]) -> list[dict]:
+        out = []
+        for ex in examples:
+            try:
+                p, (c,), straddle = self._prompt_and_answers(ex["prompt"], [ex["completion"]], ex.get("tools"))
+            except TemplateRefused as exc:
+                out.append({"bad": str(exc)})
+                continue
+            n_before = len(p) + len(c)
+            truncated = n_before > self.cutoff_len
+            if truncated:
+                src, tgt = infer_seqlen(len(p), len(c), self.cutoff_len)
+                p, c = p[len(p) - src:], c[:tgt]
+            if not c:
+                out.append({"drop": "no_labels_after_truncation", "truncated": truncated})
+                continue
+            row = {"prompt_ids": p, "completion_ids": c, "label": bool(ex["label"])}
+            row.update(_conversational(ex, ("prompt", "completion")))
+            out.append({"ok": row, "truncated": truncated, "straddle": straddle, "tokens_before": n_before,
+                        "tokens": len(p) + len(c), "label_tokens": len(c)})
+        return out
+
+    def _encode_prompts(self, examples: list[dict]) -> list[dict]:
+        out = []
+        for ex in examples:
+            prompt = ex.get("prompt") or ex["messages"][:-1]
+            try:
+                text = self.render(self._prep(prompt), ex.get("tools"), add_generation_prompt=True)
+            except TemplateRefused as exc:
+                out.append({"bad": str(exc)})
+                continue
+            (enc,) = self._encode_texts([text])
+            ids = enc.ids if enc is not None else self.tokenizer.encode(text, add_special_tokens=False)
+            truncated = len(ids) > self.cutoff_len
+            row = {"prompt_ids": list(ids[-self.cutoff_len:]), "prompt": _plain_messages(prompt)}
+            out.append({"ok": row, "truncated": truncated, "straddle": 0, "tokens_before": len(ids),
+                        "tokens": len(row["prompt_ids"]), "label_tokens": 0})
+        return out
+
+
+def _plain_messages(messages: list[dict]) -> list[dict]:
+    """role/content only (tool calls as JSON text), so that Arrow stores every row with one type."""
+    out = []
+    for m in messages:
+        content = m.get("content") or ""
+        if m.get("tool_calls"):
+            calls = [c["function"] for c in m["tool_calls"]]
+            content = (content + "\n" if content else "") + json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _conversational(ex: dict, keys: tuple[str, ...]) -> dict:
+    """The example in TRL's conversational form (prompt: messages; chosen/rejected/completion: [message])."""
+    out = {}
+    for key in keys:
+        value = ex[key]
+        out[key] = _plain_messages(value if isinstance(value, list) else [value])
+    return out
+
+
+def tokenizer_files(weights: str) -> list[Path]:
+    """The files that define a local tokenizer (for the cache key)."""
+    p = Path(weights)
+    if not p.is_dir():
+        return []
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+             "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt", "spiece.model")
+    return [p / n for n in names if (p / n).is_file()]
