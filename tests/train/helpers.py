@@ -189,3 +189,64 @@ def train_in_process(job: Path, data_dir: Path) -> dict:
 
 def metrics(job: Path) -> list[dict]:
     return [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+
+
+def _msg(turn: dict, limit: int = 160) -> dict:
+    role = {"human": "user", "gpt": "assistant", "system": "system"}.get(turn.get("from"), turn.get("role"))
+    return {"role": role, "content": (turn.get("value") or turn.get("content") or "")[:limit]}
+
+
+def make_prepared_pairs(model_dir: Path, out: Path, *, stage: str, n: int = 16, repeat: int = 2, n_val: int = 4) -> Path:
+    """Preference rows as the prepare step writes them: TRL's conversational form (prompt / chosen /
+    rejected) for dpo; whole tokenized sequences (chosen_ids / rejected_ids) for rm; and for kto,
+    (prompt, completion, label) rows, the chosen answer desirable and the rejected one not."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = []
+    for row in json.loads((DEMO / "dpo_en_demo.json").read_text())[: n + n_val]:
+        prompt = [_msg(t) for t in row["conversations"]][-1:]
+        pairs.append({"prompt": prompt, "chosen": [_msg(row["chosen"])], "rejected": [_msg(row["rejected"])]})
+
+    def rows(part):
+        if stage == "dpo":
+            return part
+        if stage == "kto":
+            return [r for p in part for r in ({"prompt": p["prompt"], "completion": p["chosen"], "label": True},
+                                                {"prompt": p["prompt"], "completion": p["rejected"], "label": False})]
+        if stage == "rm":
+            ids = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]  # noqa: E731
+            return [{"chosen_ids": ids(p["prompt"] + p["chosen"]), "rejected_ids": ids(p["prompt"] + p["rejected"])} for p in part]
+        raise ValueError(stage)
+
+    train, val = rows(pairs[:n]) * repeat, rows(pairs[n:])
+    out.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(train).save_to_disk(str(out / "train"))
+    Dataset.from_list(val).save_to_disk(str(out / "validation"))
+    (out / "manifest.json").write_text(json.dumps({"stage": stage, "rows": {"train": len(train), "validation": len(val)}}))
+    return out
+
+
+def assert_adapter_trained(final: Path, model_dir: Path, *, seed: int = 42, model_class=None) -> dict:
+    """Every saved adapter tensor (LoRA matrices, and a reward model's score head) moved away from the
+    value the trainer started from, rebuilt here the way the trainer builds it (same seed, same config)."""
+    import torch
+    from peft import PeftConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    trained = load_safetensors_dir(final)
+    config = PeftConfig.from_pretrained(str(final))
+    set_seed(seed)
+    kwargs = {"num_labels": 1} if model_class is not None else {}
+    base = (model_class or AutoModelForCausalLM).from_pretrained(model_dir, **kwargs)
+    initial = get_peft_model(base, config)
+    init = {}
+    for k, v in initial.state_dict().items():
+        key = k.replace(".default", "").replace(".modules_to_save", "")
+        if key in trained and ("lora_" in k or "modules_to_save" in k):
+            init[key] = v
+    assert init.keys() == trained.keys(), (sorted(trained)[:4], sorted(init)[:4])
+    unchanged = [k for k in trained if torch.allclose(trained[k], init[k])]
+    assert not unchanged, unchanged
+    return trained

@@ -63,9 +63,9 @@ def extra_callbacks() -> list:
 
 
 def stage_module(stage: str):
-    from airtune.train import pt, sft
+    from airtune.train import dpo, kto, pt, rm, sft
 
-    stages = {"pt": pt, "sft": sft}
+    stages = {"pt": pt, "sft": sft, "rm": rm, "dpo": dpo, "kto": kto}
     if stage not in stages:
         raise SystemExit(f"[airtune] stage {stage!r} is not supported by this trainer yet (supported: {sorted(stages)})")
     return stages[stage]
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. model and tokenizer; the seed first, so LoRA's initial weights are the same on every run
     set_seed(config.seed)
     tokenizer = load_tokenizer(resolved)
-    model = load_model(resolved, mapped.model_kwargs, config_overrides=mapped.config_overrides)
+    model = load_model(resolved, mapped.model_kwargs, config_overrides=mapped.config_overrides, model_class=stage.model_class())
     model = make_trainable(model, spec, mapped.peft, checkpointing=bool(config.activation_checkpointing))
     trainable, total = count_parameters(model)
     log(

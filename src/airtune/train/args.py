@@ -41,12 +41,32 @@ class Mapped:
     loraplus_lr_ratio: float | None = None
 
 
-def config_class(stage: str):
-    """The TRL config class of a stage."""
+def config_class(stage: str, pref_loss: str | None = None):
+    """The TRL config class of a stage (for dpo, of its pref_loss: ORPO and SimPO have their own trainers)."""
     if stage in ("sft", "pt"):
         from trl import SFTConfig
 
         return SFTConfig
+    if stage == "dpo":
+        if pref_loss == "orpo":
+            from trl.experimental.orpo import ORPOConfig
+
+            return ORPOConfig
+        if pref_loss == "simpo":
+            from trl.experimental.cpo import CPOConfig
+
+            return CPOConfig
+        from trl import DPOConfig
+
+        return DPOConfig
+    if stage == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig
+    if stage == "rm":
+        from trl import RewardConfig
+
+        return RewardConfig
     raise ArgsError(f"stage {stage!r} is not supported by this trainer yet")
 
 
@@ -73,7 +93,8 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     spec = resolved["spec"]
     runtime = resolved.get("runtime") or {}
     stage = spec["stage"]
-    cls = config_class(stage)
+    pref_loss = spec.get("pref_loss") or "sigmoid"
+    cls = config_class(stage, pref_loss)
     extra = dict(spec.get("extra_args") or {})
     check_extra_args(extra, cls)
 
@@ -155,6 +176,19 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
             assistant_only_loss=False,
             shuffle_dataset=False,
         )
+    beta = float(spec.get("pref_beta") or 0.1)
+    if stage == "dpo":
+        # TRL tokenizes the conversational prompt/chosen/rejected columns with the job's chat template
+        # (model.load_tokenizer sets it) and truncates to cutoff_len
+        kwargs.update(max_length=int(spec["cutoff_len"]), beta=beta)
+        if pref_loss == "simpo":
+            kwargs.update(loss_type="simpo", cpo_alpha=0.0)  # SimPO is CPO's simpo loss without its BC term
+        elif pref_loss != "orpo":
+            kwargs.update(loss_type=[pref_loss])  # sigmoid (DPO), ipo, hinge
+    elif stage == "kto":
+        kwargs.update(max_length=int(spec["cutoff_len"]), beta=beta)
+    elif stage == "rm":
+        kwargs.update(max_length=int(spec["cutoff_len"]))
     kwargs.update(extra)
     config = cls(**kwargs)
 
@@ -172,6 +206,8 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     if quantization is not None:
         model_kwargs["quantization_config"] = quantization
     config_overrides = _rope_parameters(spec, resolved.get("model") or {}) or {}
+    if stage == "rm":
+        config_overrides["num_labels"] = 1  # one scalar reward per sequence
 
     peft = None
     if spec["finetuning_method"] == "lora":
@@ -179,7 +215,8 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
 
         target = spec.get("lora_target") or "all"
         peft = LoraConfig(
-            task_type="CAUSAL_LM",
+            # a reward model is a sequence classifier: with SEQ_CLS, PEFT also trains its score head
+            task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM",
             r=int(spec.get("lora_rank") or 8),
             lora_alpha=float(spec.get("lora_alpha") or 16),
             lora_dropout=float(spec["lora_dropout"] if spec.get("lora_dropout") is not None else 0.1),

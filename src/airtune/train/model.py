@@ -47,6 +47,10 @@ def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = Fals
         return attach_lora(model, peft_config)
     if method == "freeze":
         freeze_all_but_last_layers(model, spec.get("freeze_trainable_layers") or 2, upcast=spec.get("compute_type") != "pure_bf16")
+        if spec["stage"] == "rm":  # a reward model's score head is new: it always trains
+            for name, param in model.named_parameters():
+                if name.startswith("score."):
+                    param.requires_grad_(True)
         return model
     if method == "full":
         model.requires_grad_(True)

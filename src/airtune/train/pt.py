@@ -11,6 +11,12 @@ from __future__ import annotations
 from airtune.train.sft import with_seq_lengths
 
 
+def model_class():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
     from trl import SFTTrainer
 

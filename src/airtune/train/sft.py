@@ -24,6 +24,12 @@ def with_seq_lengths(dataset):
     return dataset.map(lengths, batched=True, desc="example lengths of packed rows")
 
 
+def model_class():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
     from trl import SFTTrainer
 
