@@ -250,3 +250,14 @@ def assert_adapter_trained(final: Path, model_dir: Path, *, seed: int = 42, mode
     unchanged = [k for k in trained if torch.allclose(trained[k], init[k])]
     assert not unchanged, unchanged
     return trained
+
+
+def make_prepared_prompts(model_dir: Path, out: Path, *, n: int = 8, repeat: int = 2) -> Path:
+    """Stage grpo: prompts only (TRL's conversational form), as the prepare step writes them."""
+    from datasets import Dataset
+
+    prompts = [{"prompt": c[:-1]} for c in conversations(n)] * repeat
+    out.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(prompts).save_to_disk(str(out / "train"))
+    (out / "manifest.json").write_text(json.dumps({"stage": "grpo", "rows": {"train": len(prompts)}}))
+    return out

@@ -63,9 +63,9 @@ def extra_callbacks() -> list:
 
 
 def stage_module(stage: str):
-    from airtune.train import dpo, kto, pt, rm, sft
+    from airtune.train import dpo, grpo, kto, pt, rm, sft
 
-    stages = {"pt": pt, "sft": sft, "rm": rm, "dpo": dpo, "kto": kto}
+    stages = {"pt": pt, "sft": sft, "rm": rm, "dpo": dpo, "kto": kto, "grpo": grpo}
     if stage not in stages:
         raise SystemExit(f"[airtune] stage {stage!r} is not supported by this trainer yet (supported: {sorted(stages)})")
     return stages[stage]
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     callbacks = [MetricsFileCallback(metrics_file)] + extra_callbacks()
     trainer = stage.build_trainer(
         model=model, tokenizer=tokenizer, config=config, train=train, validation=validation,
-        callbacks=callbacks, optimizers=optimizers,
+        callbacks=callbacks, optimizers=optimizers, **({"resolved": resolved} if spec["stage"] == "grpo" else {}),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsFileCallback prints readable lines instead
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     # 6. evaluate the final weights on the validation split
     # (the Trainer already evaluates at the last step when it falls on its schedule)
     eval_loss = None
-    if validation is not None:
+    if trainer.eval_dataset is not None:
         last = [r for r in trainer.state.log_history if "eval_loss" in r]
         if last and last[-1].get("step") == trainer.state.global_step:
             eval_loss = float(last[-1]["eval_loss"])

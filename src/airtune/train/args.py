@@ -67,6 +67,10 @@ def config_class(stage: str, pref_loss: str | None = None):
         from trl import RewardConfig
 
         return RewardConfig
+    if stage == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
     raise ArgsError(f"stage {stage!r} is not supported by this trainer yet")
 
 
@@ -189,6 +193,15 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
         kwargs.update(max_length=int(spec["cutoff_len"]), beta=beta)
     elif stage == "rm":
         kwargs.update(max_length=int(spec["cutoff_len"]))
+    elif stage == "grpo":
+        # each optimizer step's prompts x completions must split into whole groups of num_generations
+        per_step = int(spec["per_device_train_batch_size"]) * int(spec["gradient_accumulation_steps"]) * world_size
+        groups = [g for g in range(min(8, per_step), 1, -1) if per_step % g == 0]
+        if not groups:
+            raise ArgsError("stage grpo samples at least 2 completions per prompt: per_device_train_batch_size x "
+                            "gradient_accumulation_steps x processes must be at least 2")
+        kwargs.update(num_generations=groups[0], max_completion_length=min(256, int(spec["cutoff_len"])),
+                      metric_for_best_model=None, greater_is_better=None, eval_strategy="no", eval_steps=None)
     kwargs.update(extra)
     config = cls(**kwargs)
 
