@@ -99,12 +99,33 @@ def cmd_make_tiny_model(args) -> int:
 def cmd_delete(args) -> int:
     from airtune import jobs
 
+    if not args.force:
+        active = jobs.active_runs(args.name)
+        if active:
+            print(f"delete: job {args.name!r} has an active run ({active[0]}); nothing deleted. "
+                  "Wait for it to finish, or use --force to cancel it first.", file=sys.stderr)
+            return 1
     if not args.yes:
         if not sys.stdin.isatty():
             print("delete: refusing without --yes (no terminal to confirm on)", file=sys.stderr)
             return EXIT_INVALID
-        answer = input(f"Delete job {args.name!r}: its Airflow runs, MLflow runs, registered model and files? This cannot be undone. [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
+        from airtune import status
+
+        info = status.status(args.name)
+        if not info["exists"]:
+            print(f"no job named {args.name!r}")
+            return 0
+        model = info["registered_model"]
+        print(f"Deleting job {args.name!r} removes, for good:")
+        print(f"  {len(info['runs'])} run(s) in Airflow and MLflow, with their metrics, logs and artefacts")
+        if model:
+            print(f"  registered model {args.name} and its {len(model['versions'])} version(s)")
+        if info["workspace"]:
+            print(f"  the folder {info['workspace']}")
+        if args.force and any(r["state"] in jobs.ACTIVE_STATES for r in info["runs"]):
+            print("  and cancels its active run first")
+        answer = input(f"Type the job's name ({args.name}) to delete it: ")
+        if answer.strip() != args.name:
             print("nothing deleted")
             return 1
     try:
@@ -114,6 +135,28 @@ def cmd_delete(args) -> int:
         return 1
     for line in report:
         print(line)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from airtune import status
+
+    info = status.status(args.name)
+    if args.json:
+        _print_json(info)
+    else:
+        print(status.format_status(info))
+    return 0 if info["exists"] else 1
+
+
+def cmd_list(args) -> int:
+    from airtune import status
+
+    found = status.list_jobs()
+    if args.json:
+        _print_json(found)
+    else:
+        print(status.format_list(found))
     return 0
 
 
@@ -139,8 +182,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete a job: its Airflow runs, MLflow runs and model, files")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--force", action="store_true", help="also when a run is active (it is stopped first)")
+    p.add_argument("--force", action="store_true", help="also when a run is active: cancel it first")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("status", help="a job's runs: state, progress, latest metrics, best checkpoint, links")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", help="every job: state, progress, eval loss, registered versions")
+    p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
     p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")

@@ -1,74 +1,212 @@
-"""Jobs as a whole: find a job's traces everywhere and delete them (the seed's "删除微调任务").
+"""Jobs as a whole: find a job's traces everywhere and delete them (the seed's irreversible "删除微调任务").
 
-A job's traces: DAG runs in Airflow whose conf names it, MLflow runs of its experiment (hard
-deleted, artefacts included), its registered model, its workspace folder.
+A job's traces: its DAG runs in Airflow (and their task logs), its MLflow experiment with every run,
+logged model and artefact (hard deleted, not only MLflow's soft delete), its registered model and
+versions, its workspace folder, and any Kubernetes objects the Kubernetes launcher left.
+
+Deleting touches nothing of another job: every look-up goes by the job's own name (the DAG runs
+whose conf names it, the experiment `airtune/<name>`, the registered model `<name>`), and the hard
+delete is scoped to the ids found there. MLflow's `mlflow gc` is not used for that reason: given an
+experiment but no run ids, it purges every deleted run of every experiment.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from contextlib import contextmanager
 
 from airtune import paths
 
 FINETUNE_DAG = "airtune_finetune"
+RETRAIN_PREFIX = "airtune_retrain__"
+ACTIVE_STATES = ("running", "queued")
 
 
 class JobActive(RuntimeError):
     pass
 
 
-def _dag_runs(name: str, session):
-    from airflow.models.dagrun import DagRun
-
-    runs = session.query(DagRun).filter(DagRun.dag_id.like("airtune_%")).all()
-    out = []
-    for dr in runs:
-        conf = dr.conf or {}
-        if conf.get("name") == name or dr.dag_id == f"airtune_retrain__{name}":
-            out.append(dr)
-    return out
-
-
-def delete_job(name: str, *, force: bool = False) -> list[str]:
-    """Delete every trace of one job on the embedded default; returns what was deleted, one line each."""
+@contextmanager
+def airflow_session():
+    """A session on Airflow's metadata database (the embedded default's unless configured otherwise)."""
     from airtune import localstack
 
     localstack.apply()
-    report: list[str] = []
     from airflow import settings
-    from airflow.utils.state import DagRunState
 
     settings.configure_orm()
     session = settings.Session()
     try:
-        runs = _dag_runs(name, session)
-        active = [dr for dr in runs if dr.state in (DagRunState.RUNNING, DagRunState.QUEUED)]
-        if active and not force:
-            raise JobActive(f"job {name!r} has an active run ({active[0].run_id}); stop it first or use --force")
-        for dr in active:
-            dr.set_state(DagRunState.FAILED)
-        session.flush()
-        from airtune.launch import local
-
-        job_root = paths.workspace() / "jobs" / name
-        for pid_file in job_root.glob("*/train.pid"):
-            local.cleanup(pid_file.parent)
-        for dr in runs:
-            report.append(f"airflow: deleted DAG run {dr.dag_id} / {dr.run_id}")
-            session.delete(dr)
-        session.commit()
+        yield session
     finally:
         session.close()
-    report += _delete_mlflow(name)
-    if job_root.exists():
-        shutil.rmtree(job_root)
-        report.append(f"files: deleted {job_root}")
+
+
+def dag_runs(name: str, session) -> list:
+    """The DAG runs of one job: its conf names it, or the retraining DAG owns the name."""
+    from airflow.models.dagrun import DagRun
+
+    out = []
+    for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
+        conf = dr.conf or {}
+        if conf.get("name") == name or dr.dag_id == f"{RETRAIN_PREFIX}{name}":
+            out.append(dr)
+    return out
+
+
+def _state(dr) -> str:
+    return str(getattr(dr.state, "value", dr.state))
+
+
+def active_runs(name: str) -> list[str]:
+    with airflow_session() as session:
+        return [f"{dr.dag_id} / {dr.run_id}" for dr in dag_runs(name, session) if _state(dr) in ACTIVE_STATES]
+
+
+def delete_job(name: str, *, force: bool = False) -> list[str]:
+    """Delete every trace of one job; returns what was deleted, one line each.
+
+    Refuses (JobActive, nothing changed) while a DAG run of the job is queued or running, unless
+    `force`: then the run is cancelled first (its unfinished tasks marked failed, which makes Airflow
+    stop them; the training process group and Kubernetes objects stopped), and deleted after.
+    """
+    report: list[str] = []
+    with airflow_session() as session:
+        runs = dag_runs(name, session)
+        active = [dr for dr in runs if _state(dr) in ACTIVE_STATES]
+        if active and not force:
+            raise JobActive(
+                f"job {name!r} has an active run ({active[0].dag_id} / {active[0].run_id}, {_state(active[0])}); "
+                "wait for it to finish, or use --force to cancel it first"
+            )
+        for dr in active:
+            report += _cancel(dr, session)
+        session.commit()
+        run_ids = [(dr.dag_id, dr.run_id) for dr in runs]
+
+    report += _stop_processes(name)
+    report += delete_mlflow(name)
+    for folder in (paths.workspace() / "jobs" / name, paths.airtune_home() / "prepare" / name):
+        if folder.exists():
+            shutil.rmtree(folder)
+            report.append(f"files: deleted {folder}")
+
+    with airflow_session() as session:
+        for dr in dag_runs(name, session):
+            session.delete(dr)  # its task instances and XComs go with it
+            report.append(f"airflow: deleted DAG run {dr.dag_id} / {dr.run_id}")
+        session.commit()
+    report += _delete_task_logs(run_ids)
     if not report:
         report.append(f"nothing found for job {name!r}")
     return report
 
 
-def _delete_mlflow(name: str) -> list[str]:
+def _cancel(dr, session) -> list[str]:
+    """What the UI's "mark failed" does: unfinished tasks failed (their supervisors then kill them)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    unfinished = [s.value for s in TaskInstanceState if s.value not in ("success", "failed", "skipped", "upstream_failed", "removed")]
+    tis = session.query(TaskInstance).filter(
+        TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id == dr.run_id, TaskInstance.state.in_(unfinished)
+    ).all()
+    for ti in tis:
+        ti.state = TaskInstanceState.FAILED
+    dr.state = DagRunState.FAILED
+    return [f"airflow: cancelled DAG run {dr.dag_id} / {dr.run_id} ({len(tis)} unfinished tasks marked failed)"]
+
+
+def _stop_processes(name: str) -> list[str]:
+    from airtune.launch import local
+
+    out = []
+    for pid_file in (paths.workspace() / "jobs" / name).glob(f"*/{local.PID_FILE}"):
+        if local.cleanup(pid_file.parent):
+            out.append(f"local: stopped the training process group of {pid_file.parent.name}")
+    try:
+        from airtune.launch import kubernetes
+    except ImportError:
+        return out
+    cleanup = getattr(kubernetes, "cleanup_job_objects", None)
+    if cleanup is not None:
+        for line in cleanup(name) or []:
+            out.append(f"kubernetes: {line}")
+    return out
+
+
+def _delete_task_logs(run_ids: list[tuple[str, str]]) -> list[str]:
+    from airtune import localstack
+
+    base = os.environ.get("AIRFLOW__LOGGING__BASE_LOG_FOLDER") or str(localstack.airflow_home() / "logs")
+    out = []
+    for dag_id, run_id in run_ids:
+        folder = os.path.join(base, f"dag_id={dag_id}", f"run_id={run_id}")
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+            out.append(f"airflow: deleted task logs {folder}")
+    return out
+
+
+# --- MLflow ------------------------------------------------------------------------------------
+
+def backend_store():
+    """MLflow's backend store when this machine can reach it (for the hard delete), else None.
+
+    The tracking URI itself when it is a database (the embedded default); with a tracking server,
+    AIRTUNE_MLFLOW_BACKEND_STORE_URI (the server's --backend-store-uri) where an operator gives it.
+    """
+    from airtune import tracking
+
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        uri = os.environ.get("AIRTUNE_MLFLOW_BACKEND_STORE_URI", "")
+    if not uri or uri.startswith(("http://", "https://", "databricks")):
+        return None
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    store = _get_store(uri)
+    return store if hasattr(store, "_hard_delete_run") else None
+
+
+def _all_runs(c, exp_id: str) -> list:
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = c.search_runs([exp_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _all_logged_models(c, exp_id: str) -> list:
+    models, token = [], None
+    while True:
+        page = c.search_logged_models([exp_id], max_results=100, page_token=token)
+        models += list(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def _delete_artifacts(uri: str | None) -> bool:
+    if not uri:
+        return False
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(uri).delete_artifacts()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def delete_mlflow(name: str) -> list[str]:
+    """The job's registered model, and its experiment with every run, logged model and artefact."""
     from mlflow.exceptions import MlflowException
 
     from airtune import tracking
@@ -76,40 +214,68 @@ def _delete_mlflow(name: str) -> list[str]:
     c = tracking.client()
     out = []
     try:
-        c.delete_registered_model(name)
-        out.append(f"mlflow: deleted registered model {name}")
-    except MlflowException:
-        pass
+        versions = c.search_model_versions(f"name = '{name}'")
+        c.delete_registered_model(name)  # the registry's delete is a hard one, versions included
+        out.append(f"mlflow: deleted registered model {name} ({len(versions)} versions)")
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
+            raise
     exp = c.get_experiment_by_name(tracking.experiment_name(name))
-    if exp is not None:
-        from mlflow.entities import ViewType
-
-        for run in c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=10000):
-            _purge_artifacts(c, run)
+    if exp is None:
+        return out
+    exp_id = exp.experiment_id
+    runs = _all_runs(c, exp_id)
+    models = _all_logged_models(c, exp_id)
+    # 1. files first: each run's and logged model's artefacts, then the experiment's folder
+    for run in runs:
+        _delete_artifacts(run.info.artifact_uri)
+    for model in models:
+        _delete_artifacts(model.artifact_location)
+    _delete_artifacts(exp.artifact_location)
+    out.append(f"mlflow: deleted the artefacts of {len(runs)} runs and {len(models)} logged models")
+    # 2. soft delete; the experiment is renamed first so that its name is free at once
+    for model in models:
+        c.delete_logged_model(model.model_id)
+    for run in runs:
+        if run.info.lifecycle_stage != "deleted":
             c.delete_run(run.info.run_id)
-            out.append(f"mlflow: deleted run {run.info.run_id}")
-        c.delete_experiment(exp.experiment_id)
-        _purge_deleted(exp.experiment_id)
-        out.append(f"mlflow: deleted experiment {exp.name}")
+    if exp.lifecycle_stage != "deleted":
+        c.rename_experiment(exp_id, f"{exp.name}.deleted-{int(time.time())}-{exp_id}")
+        c.delete_experiment(exp_id)
+    # 3. hard delete, scoped to these ids (what `mlflow gc` does, without touching other jobs)
+    store = backend_store()
+    if store is None:
+        out.append(
+            f"mlflow: {len(runs)} runs and experiment {exp.name} deleted (soft: the tracking server's operator "
+            "purges them with `mlflow gc`, or set AIRTUNE_MLFLOW_BACKEND_STORE_URI to purge them here)"
+        )
+        return out
+    for run in runs:
+        store._hard_delete_run(run.info.run_id)
+        out.append(f"mlflow: purged run {run.info.run_id}")
+    if hasattr(store, "_hard_delete_logged_model"):
+        for model in models:
+            store._hard_delete_logged_model(model.model_id)
+        if models:
+            out.append(f"mlflow: purged {len(models)} logged models")
+    _purge_links(store, [r.info.run_id for r in runs] + [m.model_id for m in models], exp_id)
+    store._hard_delete_experiment(exp_id)
+    out.append(f"mlflow: purged experiment {exp.name}")
     return out
 
 
-def _purge_artifacts(c, run) -> None:
-    uri = run.info.artifact_uri or ""
-    if uri.startswith("file://"):
-        shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)
+def _purge_links(store, ids: list[str], experiment_id: str) -> None:
+    """Rows MLflow's own hard delete leaves behind: run→logged model and dataset→run links (`inputs`,
+    `input_tags`) and the experiment's datasets. Scoped to this job's ids."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlInput, SqlInputTag
+    from sqlalchemy import or_
 
-
-def _purge_deleted(experiment_id: str) -> None:
-    """Hard delete (MLflow's delete is soft): the same as `mlflow gc` for this experiment."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from airtune import tracking
-
-    uri = tracking.tracking_uri()
-    if uri.startswith("http"):
-        return  # a server's operator runs `mlflow gc` on its own backend
-    mlflow = str(Path(sys.executable).with_name("mlflow"))
-    subprocess.run([mlflow, "gc", "--backend-store-uri", uri, "--experiment-ids", experiment_id], check=False, capture_output=True)
+    with store.ManagedSessionMaker() as session:
+        for i in range(0, max(len(ids), 1), 500):
+            chunk = ids[i : i + 500]
+            links = session.query(SqlInput.input_uuid).filter(or_(SqlInput.source_id.in_(chunk), SqlInput.destination_id.in_(chunk)))
+            uuids = [u for (u,) in links.all()]
+            if uuids:
+                session.query(SqlInputTag).filter(SqlInputTag.input_uuid.in_(uuids)).delete(synchronize_session=False)
+                session.query(SqlInput).filter(SqlInput.input_uuid.in_(uuids)).delete(synchronize_session=False)
+        session.query(SqlDataset).filter(SqlDataset.experiment_id == int(experiment_id)).delete(synchronize_session=False)

@@ -40,6 +40,7 @@ class MlflowServer:
 
     def start(self, timeout: float = 90) -> MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # background jobs (GenAI evaluation): not used, one process less
         cmd = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", self.backend_uri, "--artifacts-destination", self.artifacts.as_uri()]
         with self.log.open("a") as out:
