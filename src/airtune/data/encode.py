@@ -14,9 +14,10 @@ turns (chatml's "\n" after <|im_end|>) is not trained. A template that ends assi
 special token at all (GLM-4's) gets the tokenizer's EOS appended to each answer, as LLaMA-Factory
 does for such templates (`efficient_eos`), so that the model learns to stop.
 
-Templates whose rendering of earlier turns depends on what follows (Qwen3 drops the reasoning of
-earlier turns) are not prefix-stable; for those the turns are found by their content in the full
-rendering instead, extended over the end-of-turn token that follows.
+Templates whose rendering of a turn depends on what follows (Qwen3 writes an empty reasoning block
+in the last turn only; Mistral puts the system message before the last user message) are not
+prefix-stable; where a prefix does not hold, that turn's start or end is found by the answer's text
+in the full rendering instead (its end extended over the control token that closes it).
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ class Encoder:
         self.control_tokens = sorted((t for t in tok.get_added_vocab() if t), key=len, reverse=True)
         self.handles_tool_calls = "tool_calls" in template_text
         self.handles_tools = "tools" in template_text
+        self.turn_end = self._probe_turn_end()
+
+    def _probe_turn_end(self) -> str | None:
+        """The control token the template closes an answer with (chatml: <|im_end|>), from a probe conversation."""
+        probe = [{"role": "user", "content": "airtune-probe-question"}, {"role": "assistant", "content": "airtune-probe-answer"}]
+        try:
+            text = self.render(probe)
+        except TemplateRefused:
+            return None
+        at = text.find("airtune-probe-answer")
+        if at < 0:
+            return None
+        rest = text[at + len("airtune-probe-answer"):].lstrip(" \t\r\n")
+        return next((t for t in self.control_tokens if rest.startswith(t)), None)
 
     # -- rendering -----------------------------------------------------------------------------
     def _prep(self, messages: list[dict]) -> list[dict]:
@@ -104,46 +119,73 @@ class Encoder:
         return b, ends
 
     def spans(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int, bool]]]:
-        """The full rendering and each assistant turn's (start, end, ends_with_control_token) in it."""
+        """The full rendering and each assistant turn's (start, end, ends_with_control_token) in it.
+
+        A turn starts where the prompt before it, rendered alone with the generation prompt, ends, and
+        ends where the conversation rendered up to it ends, when those renderings are prefixes of the
+        whole; otherwise (a template that renders a turn differently once more follows) the turn's
+        start or end is found by the answer's text, after the text of the messages before it.
+        """
         messages = self._prep(messages)
         full = self.render(messages, tools)
-        out = []
+        out, cursor, last = [], 0, len(messages) - 1
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
             pre = self.render(messages[:i], tools, add_generation_prompt=True)
-            post = full if i == len(messages) - 1 else self.render(messages[: i + 1], tools)
-            if not (full.startswith(post) and post.startswith(pre)):
-                return full, self._spans_by_content(full, messages)
-            b, ends = self._turn_end(full, len(pre), len(post))
-            out.append((len(pre), b, ends))
+            if full.startswith(pre) and len(pre) >= cursor:
+                a = len(pre)
+            else:
+                a = self._find_answer(full, messages, i, cursor)
+            post = full if i == last else self.render(messages[: i + 1], tools)
+            if full.startswith(post) and len(post) > a:
+                b = len(post)
+            else:
+                b = self._answer_end(full, m, a)
+            b, ends = self._turn_end(full, a, b)
+            out.append((a, b, ends))
+            cursor = b
         return full, out
 
-    def _spans_by_content(self, full: str, messages: list[dict]) -> list[tuple[int, int, bool]]:
-        out, cursor = [], 0
-        for m in messages:
+    def _find_answer(self, full: str, messages: list[dict], i: int, cursor: int) -> int:
+        """Where answer i's text starts: after the text of the messages since the previous answer (when found:
+        a template may move or drop some, as Mistral's does with the system message)."""
+        k = i - 1
+        while k >= 0 and messages[k]["role"] != "assistant":
+            k -= 1
+        for m in messages[k + 1:i]:
             content = (m.get("content") or "").strip()
-            if not content:
-                if m["role"] == "assistant":
-                    raise TemplateRefused("the template renders earlier turns differently from the whole "
-                                          "conversation and an assistant turn has no text to find it by")
-                continue
-            at = full.find(content, cursor)
-            if at < 0:
-                raise TemplateRefused("the template renders earlier turns differently from the whole "
-                                      "conversation and changes a turn's text; its turns cannot be found")
-            end = at + len(content)
-            if m["role"] == "assistant":
-                rest = full[end:]
-                stripped = rest.lstrip(" \t\r\n")
-                for t in self.control_tokens:
-                    if stripped.startswith(t):
-                        end += len(rest) - len(stripped) + len(t)
-                        break
-                b, ends = self._turn_end(full, at, end)
-                out.append((at, b, ends))
-            cursor = end
-        return out
+            if m["role"] != "system" and content:
+                at = full.find(content, cursor)
+                if at >= 0:
+                    cursor = at + len(content)
+        content = (messages[i].get("content") or "").strip()
+        at = full.find(content, cursor) if content else -1
+        if at < 0:
+            raise TemplateRefused("the template renders a turn differently once more turns follow, and the "
+                                  "answer's text cannot be found in the whole conversation's rendering")
+        while at > cursor and full[at - 1] == " ":  # the space a template writes before an answer merges into its first token
+            at -= 1
+        return at
+
+    def _answer_end(self, full: str, message: dict, a: int) -> int:
+        """Where the answer starting at `a` ends: after its text and the control token that closes it."""
+        content = (message.get("content") or "").strip()
+        if not content and self.turn_end:  # a tool call alone: the turn ends at the template's end-of-turn token
+            at = full.find(self.turn_end, a)
+            if at >= 0:
+                return at + len(self.turn_end)
+        at = full.find(content, a) if content else -1
+        if at < 0:
+            raise TemplateRefused("the template renders a turn differently once more turns follow, and the "
+                                  "answer's text cannot be found in the whole conversation's rendering")
+        end = at + len(content)
+        rest = full[end:]
+        stripped = rest.lstrip(" \t\r\n")
+        for t in self.control_tokens:
+            if stripped.startswith(t):
+                return end + len(rest) - len(stripped) + len(t)
+        return end
 
     # -- tokenizing ----------------------------------------------------------------------------
     def _encode_texts(self, texts: list[str]):
@@ -208,6 +250,9 @@ class Encoder:
             bounds = [p for a, b, _ in spans for p in (a, b)]
             ids, toks, straddle = self._ids_and_bounds(enc, text, bounds)
             results[k] = self._label_sft(ids, [(toks[2 * j], toks[2 * j + 1], spans[j][2]) for j in range(len(spans))], straddle)
+            first = examples[k]["messages"][0]
+            if first["role"] == "system" and first["content"].strip() not in text:
+                results[k]["system_dropped"] = True  # Mistral's template writes it before the last user turn only
         return results
 
     def _label_sft(self, ids: list[int], turns: list[tuple[int, int, bool]], straddle: int) -> dict:

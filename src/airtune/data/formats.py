@@ -273,8 +273,15 @@ class Converter:
                         args = json.loads(args)
                     except ValueError:
                         pass  # kept as text: templates print it as given
-                norm.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+                item = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+                if isinstance(call.get("id"), str):
+                    item["id"] = call["id"]
+                norm.append(item)
             msg["tool_calls"] = norm
+        if role == "tool":  # kept for templates that name the call answered (Mistral: tool_call_id)
+            for key in ("tool_call_id", "name"):
+                if isinstance(raw.get(key), str):
+                    msg[key] = raw[key]
         return msg
 
     def _messages(self, row: dict) -> list[dict]:

@@ -202,7 +202,7 @@ def _encode_chunk(examples: list[dict]):
         if "ok" in r:
             status.append(0)
             rows.append(r["ok"])
-            meta.append((r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0)))
+            meta.append((r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0), r.get("system_dropped", False)))
         elif "bad" in r:
             status.append(1)
             meta.append(r["bad"])
@@ -482,6 +482,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         dropped[meta[i][0]] = dropped.get(meta[i][0], 0) + 1
     truncated = sum(1 for i in ok if meta[i][0]) + sum(1 for i in np.flatnonzero(status == 2) if meta[i][1])
     straddle = sum(meta[i][1] for i in ok)
+    system_dropped = sum(1 for i in ok if meta[i][3])
     if len(ok) == 0:
         detail = f" ({n_errors} failed their checks)" if n_errors else ""
         detail += f" ({sum(dropped.values())} had nothing to train on: {dropped})" if dropped else ""
@@ -514,6 +515,9 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         warnings.append(f"skip_bad_rows: {n_errors} rows failed their checks and were skipped")
     if dropped:
         warnings.append(f"{sum(dropped.values())} rows had nothing left to train on and were dropped: {dropped}")
+    if system_dropped:
+        warnings.append(f"the template {resolved['template']['name']} left out the system message of {system_dropped} "
+                        "rows (it writes a system message only before the last user turn, which training rows end after)")
     if truncated:
         warnings.append(f"{truncated} rows were longer than cutoff_len {options['cutoff_len']} and were truncated")
     for w in warnings:
