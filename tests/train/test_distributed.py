@@ -1,0 +1,47 @@
+"""Two CPU processes (torchrun, gloo) train to the same weights as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .helpers import load_safetensors_dir, make_job, metrics, train_env
+
+
+def run(job, data, processes: int):
+    from airtune.launch.command import train_command
+
+    resolved = json.loads((job / "spec.json").read_text())
+    resolved["runtime"].update(world_size=processes, processes_per_node=processes)
+    (job / "spec.json").write_text(json.dumps(resolved))
+    cmd = train_command(resolved, spec_path=job / "spec.json", data_dir=data, output_dir=job / "output")
+    assert ("torch.distributed.run" in " ".join(cmd)) == (processes > 1)
+    proc = subprocess.run(cmd, env=train_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tiny_model_dir, sft_data, tmp_path):
+    import torch
+
+    # same global batch (4 = 1 x 4 = 2 x 2); no dropout, whose random stream is per process
+    common = dict(lora_dropout=0.0, num_train_epochs=1, save_steps=4)
+    one = make_job(tmp_path / "one", tiny_model_dir, sft_data, per_device_train_batch_size=4, **common)
+    two = make_job(tmp_path / "two", tiny_model_dir, sft_data, per_device_train_batch_size=2, **common)
+    run(one, sft_data, 1)
+    proc = run(two, sft_data, 2)
+
+    a, b = load_safetensors_dir(one / "output" / "final"), load_safetensors_dir(two / "output" / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra, rb = (json.loads((j / "result.json").read_text()) for j in (one, two))
+    assert rb["global_step"] == ra["global_step"] == 8
+    assert rb["train_loss_last"] == pytest.approx(ra["train_loss_last"], rel=1e-5)
+    # rank 0 alone writes metrics.jsonl and prints progress
+    steps = [r["step"] for r in metrics(two) if "loss" in r]
+    assert steps == sorted(set(steps))
+    assert proc.stdout.count("[airtune] done:") == 1
