@@ -37,7 +37,7 @@ class DataError(ValueError):
     @classmethod
     def from_rows(cls, errors: list[RowError], total: int, what: str = "rows failed their checks") -> DataError:
         shown = errors[:SHOWN_ERRORS]
-        lines = [f"{total} {what}" + (f"; the first {len(shown)}:" if total > len(shown) else ":")]
+        lines = [f"{total} {what}" + (f"; the first {len(shown)}:" if len(errors) > len(shown) else ":")]
         lines += [f"  {e}" for e in shown]
         lines.append("Fix the data, or set skip_bad_rows: true to skip such rows (their number is reported).")
         return cls("\n".join(lines), shown, total)

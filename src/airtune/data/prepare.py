@@ -144,10 +144,10 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
         for path in _dataset_files(d):
             if limit is not None and read >= limit:
                 break
-            fr = read_file(path)
+            fr = read_file(path, skip_bad=options["skip_bad_rows"])
             rows = fr.rows if limit is None else fr.rows[: limit - read]
-            read += len(rows)
-            file_errors = []
+            read += len(rows) + len(fr.errors)
+            file_errors = [RowError(e.file, e.row, e.field, e.problem, d["name"]) for e in fr.errors]
             for i, row in enumerate(rows):
                 try:
                     ex = conv.convert(row)
@@ -157,7 +157,7 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
                 examples.append(ex)
                 origins.append((di, fr.path, fr.number(i)))
                 kept += 1
-            if file_errors and len(file_errors) == len(rows) and len(rows) > 1:
+            if not fr.errors and file_errors and len(file_errors) == len(rows) and len(rows) > 1:
                 fields = {(e.field, e.problem) for e in file_errors}
                 if len(fields) == 1:  # the same problem everywhere: one error for the whole file
                     e = file_errors[0]

@@ -8,7 +8,7 @@ a CSV file (the header is not counted), the row of a Parquet file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airtune.data.errors import DataError, RowError
@@ -21,6 +21,7 @@ class FileRows:
     path: str
     rows: list  # dicts (anything else is reported by the format checks)
     numbers: list[int] | None = None  # row numbers when they are not 1..len(rows) (JSON Lines with blank lines)
+    errors: list[RowError] = field(default_factory=list)  # lines that are not JSON (read with skip_bad)
 
     def number(self, i: int) -> int:
         return self.numbers[i] if self.numbers is not None else i + 1
@@ -46,18 +47,26 @@ def expand_files(files: list[str | Path]) -> list[Path]:
     return out
 
 
-def read_file(path: Path) -> FileRows:
+def _fail(path, row: int | None, problem: str, field_: str | None = None) -> DataError:
+    e = RowError(str(path), row, field_, problem)
+    return DataError(str(e), [e], 1)
+
+
+def read_file(path: Path, *, skip_bad: bool = False) -> FileRows:
+    """The rows of one file. With `skip_bad`, JSON Lines lines that do not parse are returned as errors."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; accepted: {', '.join(sorted(SUFFIXES))} or a folder of them")
-    return {"json": _read_json, "jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
+        raise _fail(path, None, f"unsupported file type {path.suffix!r}; accepted: {', '.join(sorted(SUFFIXES))} or a folder of them")
+    if kind == "jsonl":
+        return _parse_jsonl(path, _read_text(path), skip_bad)
+    return {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
 
 
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(str(RowError(str(path), None, None, f"not UTF-8 text ({exc})"))) from None
+        raise _fail(path, None, f"not UTF-8 text ({exc})") from None
 
 
 def _read_json(path: Path) -> FileRows:
@@ -68,13 +77,13 @@ def _read_json(path: Path) -> FileRows:
         try:
             value = json.loads(text)
         except ValueError as exc:
-            raise DataError(str(RowError(str(path), None, None, f"invalid JSON: {exc}"))) from None
-        raise DataError(str(RowError(str(path), None, None, f"expected a JSON array of rows, found a {type(value).__name__}")))
+            raise _fail(path, None, f"invalid JSON: {exc}") from None
+        raise _fail(path, None, f"expected a JSON array of rows, found a {type(value).__name__}")
     try:
         rows = json.loads(text)
     except ValueError as exc:
         row = _failing_element(text)
-        raise DataError(str(RowError(str(path), row, None, f"invalid JSON: {exc}"))) from None
+        raise _fail(path, row, f"invalid JSON: {exc}") from None
     return FileRows(str(path), rows)
 
 
@@ -111,12 +120,8 @@ def _failing_element(text: str) -> int | None:
         i += 1
 
 
-def _read_jsonl(path: Path) -> FileRows:
-    return _parse_jsonl(path, _read_text(path))
-
-
-def _parse_jsonl(path: Path, text: str) -> FileRows:
-    rows, numbers = [], []
+def _parse_jsonl(path: Path, text: str, skip_bad: bool = False) -> FileRows:
+    rows, numbers, errors = [], [], []
     loads = json.loads
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -124,10 +129,13 @@ def _parse_jsonl(path: Path, text: str) -> FileRows:
         try:
             rows.append(loads(line))
         except ValueError as exc:
-            raise DataError(str(RowError(str(path), n, None, f"invalid JSON: {exc}"))) from None
+            if not skip_bad:
+                raise _fail(path, n, f"invalid JSON: {exc}") from None
+            errors.append(RowError(str(path), n, None, f"invalid JSON: {exc}"))
+            continue
         numbers.append(n)
     dense = numbers == list(range(1, len(numbers) + 1))
-    return FileRows(str(path), rows, None if dense else numbers)
+    return FileRows(str(path), rows, None if dense else numbers, errors)
 
 
 def _read_csv(path: Path) -> FileRows:
@@ -138,7 +146,7 @@ def _read_csv(path: Path) -> FileRows:
     rows = []
     for n, row in enumerate(reader, start=1):
         if None in row:  # more cells than header columns
-            raise DataError(str(RowError(str(path), n, None, f"{len(row) - 1 + len(row[None])} cells, the header has {len(reader.fieldnames or [])}")))
+            raise _fail(path, n, f"{len(row) - 1 + len(row[None])} cells, the header has {len(reader.fieldnames or [])}")
         rows.append(row)
     return FileRows(str(path), rows)
 
@@ -149,5 +157,5 @@ def _read_parquet(path: Path) -> FileRows:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(str(RowError(str(path), None, None, f"not a readable Parquet file ({exc})"))) from None
+        raise _fail(path, None, f"not a readable Parquet file ({exc})") from None
     return FileRows(str(path), table.to_pylist())
