@@ -1,0 +1,1109 @@
+"""The job spec: every field of FORM.md, defined once.
+
+Each field of `JobSpec` carries, in its `metadata` (as TRL's `SFTConfig` carries its help text), what
+the form, the docs and the error messages need: section, labels and help text in English and
+Chinese (the Chinese wording from the platform document in `shared/seed/`, with its recommended
+ranges), the accepted values and limits, and the stage/method a field is used with. `FIELDS` is that
+table, in FORM.md's order; `param_schema(name)` turns a row into the JSON schema Airflow checks at
+trigger time.
+
+`parse(mapping)` turns the flat mapping of a job YAML file, the trigger form or a REST `conf` into a
+`JobSpec`: empty values (None, "") mean "the default", unknown keys are an error, and every
+single-field rule and every cross-field rule that needs no catalog is checked. All errors are
+reported at once, in one `SpecError`. Catalog look-ups, `auto` values and hardware fit are
+`airtune.resolve`'s.
+
+Cheap to import: standard library only (the DAG file imports this at parse time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def show_value(value: Any) -> str:
+    """A value as a message shows it: strings quoted, None as 'empty'."""
+    if value is None:
+        return "empty"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One refused value: which field (or `extra_args.<key>`), the value given, what is accepted."""
+
+    field: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {show_value(self.value)} is not accepted: {self.message}"
+
+
+class SpecError(ValueError):
+    """Every error of a job at once (never only the first)."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    number: int
+    title_en: str
+    title_zh: str
+
+    def title(self, lang: str = "en") -> str:
+        return self.title_zh if lang == "zh" else self.title_en
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(1, "Basic information", "任务基本信息"),
+    Section(2, "Task configuration", "任务配置"),
+    Section(3, "Advanced configuration", "高级配置"),
+    # FORM.md: beyond the seed; shown last (LLaMA-Factory has each of these options).
+    Section(4, "Further options", "更多选项"),
+)
+
+# -- value patterns -------------------------------------------------------------------------------
+
+# Kubernetes' DNS-1123 label: every object, folder and MLflow name is derived from the job name.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_MAX = 63
+# The same, or empty (reward_model / parent_job may be left empty in a REST conf as "").
+OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+# A module name PEFT can target (q_proj, model.layers.0.mlp.down_proj, ...).
+MODULE_PATTERN = r"^[A-Za-z0-9_.]+$"
+# lora_target as text in the form: `all`, or module names separated by commas.
+LORA_TARGET_TEXT_PATTERN = r"^\s*(all|[A-Za-z0-9_.]+(\s*,\s*[A-Za-z0-9_.]+)*)\s*$"
+# dataset as text: names separated by commas.
+NAMES_TEXT_PATTERN = r"^\s*[^,\s]+(\s*,\s*[^,\s]+)*\s*$"
+# numpy's seed must lie in [0, 2**32 - 1]: transformers' set_seed passes ours to it.
+SEED_MAX = 2**32 - 1
+
+# -- extra_args: keys airtune sets itself ---------------------------------------------------------
+
+# FORM.md: output and logging folders, report_to, deepspeed, ranks and hub pushing are airtune's.
+EXTRA_ARGS_RESERVED = frozenset({
+    "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
+    "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy", "ddp_backend",
+    "use_cpu", "overwrite_output_dir", "process_index", "world_size",
+})
+EXTRA_ARGS_RESERVED_PREFIXES = ("hub_",)
+# Trainer arguments a form field already sets: given twice, one would silently win. Refused with a
+# pointer to the field.
+EXTRA_ARGS_FROM_FIELDS = {
+    "learning_rate": "learning_rate", "num_train_epochs": "num_train_epochs",
+    "max_grad_norm": "max_grad_norm", "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "lr_scheduler_type": "lr_scheduler_type",
+    "lr_scheduler_kwargs": "min_lr_rate / decay_ratio", "warmup_steps": "warmup_steps",
+    "logging_steps": "logging_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit",
+    "optim": "optimizer", "seed": "seed", "data_seed": "seed", "neftune_noise_alpha": "neftune_noise_alpha",
+    "bf16": "compute_type", "fp16": "compute_type", "max_length": "cutoff_len", "max_seq_length": "cutoff_len",
+    "packing": "packing", "padding_free": "packing", "beta": "pref_beta", "loss_type": "pref_loss",
+}
+
+# -- the fields -----------------------------------------------------------------------------------
+
+# kinds: str (free text, or a catalog name checked by resolve), choice (fixed values), int, float,
+# bool, names (one or more catalog names), target (lora_target: all or module names), object (dict).
+
+
+def _f(default: Any = None, *, section: int, kind: str, label_en: str, label_zh: str, help_en: str,
+       help_zh: str, recommended_en: str = "", recommended_zh: str = "", default_en: str = "",
+       default_zh: str = "", required: bool = False, choices: tuple = (), choice_labels: dict | None = None,
+       catalog: str | None = None, gt: float | None = None, ge: float | None = None,
+       lt: float | None = None, le: float | None = None, pattern: str | None = None,
+       max_length: int | None = None, used_with: dict | None = None) -> Any:
+    """A JobSpec field with its FORM.md row as metadata.
+
+    `used_with`: the values of other fields this option means something with, e.g.
+    {"finetuning_method": ("lora",)}; given with anything else, it is an error (FORM.md).
+    `default_en/zh` describe a default that depends on other fields ("empty; with lora: 8").
+    """
+    metadata = dict(
+        section=section, kind=kind, label_en=label_en, label_zh=label_zh, help_en=help_en, help_zh=help_zh,
+        recommended_en=recommended_en, recommended_zh=recommended_zh, default_en=default_en, default_zh=default_zh,
+        required=required, choices=tuple(choices), choice_labels=dict(choice_labels or {}), catalog=catalog,
+        gt=gt, ge=ge, lt=lt, le=le, pattern=pattern, max_length=max_length, used_with=dict(used_with or {}),
+    )
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+LORA = {"finetuning_method": ("lora",)}
+_LORA_ONLY_EN = "Only with finetuning_method lora; leave it empty otherwise."
+_LORA_ONLY_ZH = "仅用于 LoRA 微调方法；其他方法请留空。"
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One fine-tuning job, as FORM.md defines it.
+
+    Section 1, basic information: name, location, base_model, template, finetuning_method, stage,
+    dataset, reward_model, parent_job.
+    Section 2, task configuration: resources (gpu_type, gpus_per_node, nodes, cpu, memory_gib) and
+    hyperparameters (learning_rate ... loraplus_lr_ratio).
+    Section 3, advanced configuration: quantization, RoPE scaling, booster, distributed strategy,
+    logging/saving/warmup steps, NEFTune, optimizer, seed, extra_args.
+    Section 4, further options: LoRA targets and variants, freeze depth, preference loss, packing,
+    prompt masking, bad-row skipping, checkpoint limit, merged export, scheduler shapes.
+
+    `None` in a parsed spec means "empty": `airtune.resolve` fills it in (`auto` values, the
+    defaults that depend on the method or stage).
+    """
+
+    # -- section 1: basic information (任务基本信息) --
+    name: str = _f(
+        section=1, kind="str", required=True, pattern=DNS_LABEL_PATTERN, max_length=DNS_LABEL_MAX,
+        label_en="Job name", label_zh="任务名称",
+        help_en="Lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 "
+                "characters. It names the job everywhere (folders, MLflow, Kubernetes objects); a name already "
+                "used by another job is refused.",
+        help_zh="由小写字母、数字字符或“-”组成，并且必须以字母或数字字符开头及结尾，最多63个字符。"
+                "已被其他任务使用的名称不可再用。",
+    )
+    location: str = _f(
+        "local", section=1, kind="str", catalog="locations",
+        label_en="Location", label_zh="选择部署位置",
+        help_en="Where training runs: local (this machine) or a Kubernetes target of configs/locations.yaml.",
+        help_zh="选择部署位置：local（本机），或 configs/locations.yaml 中配置的 Kubernetes 集群。",
+    )
+    base_model: str = _f(
+        section=1, kind="str", required=True, catalog="models",
+        label_en="Base model", label_zh="基础模型",
+        help_en="The model to fine-tune, from configs/models.yaml.",
+        help_zh="选择微调实验支持的模型（configs/models.yaml）。",
+    )
+    template: str = _f(
+        "auto", section=1, kind="str", catalog="templates",
+        label_en="Prompt template", label_zh="提示词模版",
+        help_en="The chat template the data is rendered with. auto: the model's own (when continuing from "
+                "parent_job: the template that job used). An instruct/chat model takes only its own template; a "
+                "base model may take any; when fine-tuning an already fine-tuned model again, use the same "
+                "template as the first time.",
+        help_zh="与基础模型适配的模版，instruct、chat模型模版和模型一定要适配、base模型影响不大，"
+                "但是微调过后如果再进行微调，就要选和第一次一样的模版。auto：使用模型自带的模版"
+                "（指定了父任务时使用父任务的模版）。",
+    )
+    finetuning_method: str = _f(
+        "lora", section=1, kind="choice", choices=("lora", "freeze", "full"),
+        choice_labels={"lora": ("LoRA (low-rank adapters)", "LoRA（低秩适配器）"),
+                       "freeze": ("Freeze (train the last layers only)", "冻结微调（只训练最后几层）"),
+                       "full": ("Full (train every weight)", "全参数微调")},
+        label_en="Fine-tuning method", label_zh="微调方法",
+        help_en="lora trains small low-rank adapters (least GPU memory); freeze trains only the last layers; "
+                "full trains every weight (most GPU memory).",
+        help_zh="根据需求选择合适的微调方法。lora：只训练低秩适配器（显存占用最少）；freeze：只训练最后几层；"
+                "full：训练全部参数（显存占用最多）。",
+    )
+    stage: str = _f(
+        "sft", section=1, kind="choice", choices=("pt", "sft", "rm", "dpo", "kto", "grpo"),
+        choice_labels={"pt": ("pt: continued pre-training (plain text)", "pt：继续预训练（纯文本）"),
+                       "sft": ("sft: supervised fine-tuning", "sft：指令监督微调"),
+                       "rm": ("rm: reward model (preference pairs)", "rm：奖励模型训练（偏好数据）"),
+                       "dpo": ("dpo: direct preference optimisation", "dpo：直接偏好优化"),
+                       "kto": ("kto: KTO (labelled examples)", "kto：KTO（带标签样本）"),
+                       "grpo": ("grpo: online RL against a reward model", "grpo：基于奖励模型的在线强化学习")},
+        label_en="Training stage", label_zh="训练阶段",
+        help_en="pt: continued pre-training on plain text; sft: supervised fine-tuning on instructions or "
+                "conversations; rm: a reward model from preference pairs; dpo: direct preference optimisation; "
+                "kto: KTO on examples labelled desirable/undesirable; grpo: online RL against a reward model "
+                "(an rm job). ppo is not offered (TRL no longer has a PPO trainer): use grpo.",
+        help_zh="根据需求选择合适的训练的阶段。pt：继续预训练（纯文本）；sft：指令监督微调；rm：奖励模型训练"
+                "（偏好数据）；dpo：直接偏好优化；kto：KTO（带好/坏标签的样本）；grpo：基于奖励模型（rm任务）"
+                "的在线强化学习。不提供ppo（TRL已不再提供PPO训练器），请使用grpo。",
+    )
+    dataset: list = _f(
+        section=1, kind="names", required=True, catalog="datasets",
+        label_en="Training datasets", label_zh="训练数据集",
+        help_en="One or more datasets of configs/datasets.yaml (a list, or names separated by commas). Their "
+                "format must fit the stage: instructions or conversations for sft (and the prompts of grpo), "
+                "plain text for pt, preference pairs for rm and dpo, labelled examples for kto.",
+        help_zh="选择对应训练格式的数据集（可多选）：sft与grpo用指令或对话数据，pt用纯文本，rm与dpo用偏好数据，"
+                "kto用带标签的样本。",
+    )
+    reward_model: str | None = _f(
+        section=1, kind="str", pattern=OPTIONAL_DNS_LABEL_PATTERN, max_length=DNS_LABEL_MAX,
+        used_with={"stage": ("grpo",)},
+        label_en="Reward model", label_zh="奖励模型",
+        help_en="Stage grpo only, and required there: the name of a finished rm job whose model scores the "
+                "generated answers.",
+        help_zh="仅用于grpo阶段且为必填：一个已完成的rm（奖励模型）任务的名称，用它给生成的回答打分。",
+    )
+    parent_job: str | None = _f(
+        section=1, kind="str", pattern=OPTIONAL_DNS_LABEL_PATTERN, max_length=DNS_LABEL_MAX,
+        label_en="Continue from job", label_zh="父任务（在其结果上继续微调）",
+        help_en="Optional: the name of a finished pt, sft, dpo, kto or grpo job whose adapter or weights this "
+                "job starts from. Its base model must equal base_model and its template this job's template. "
+                "For dpo, kto and grpo it is also the reference model.",
+        help_zh="可选：一个已完成的pt、sft、dpo、kto或grpo任务的名称，本任务从它的适配器或权重开始训练。"
+                "其基础模型必须与本任务相同；微调过后如果再进行微调，就要选和第一次一样的模版。"
+                "dpo、kto、grpo阶段以它作为参考模型。",
+    )
+
+    # -- section 2: task configuration (任务配置): resources --
+    gpu_type: str | None = _f(
+        section=2, kind="str", catalog="gpu_types",
+        default_en="empty: the location's first GPU type", default_zh="留空：该部署位置的第一个类型",
+        label_en="GPU type", label_zh="算力类型",
+        help_en="One of the GPU types the location offers (each sets the node selector, the GPU memory and "
+                "whether bf16 is available). local offers cpu (no GPU) and auto (the GPUs of this machine). "
+                "Only NVIDIA GPUs are supported.",
+        help_zh="选择算力类型（所选部署位置提供的类型，对应节点选择器、显存大小及是否支持bf16）。"
+                "local提供cpu（不用GPU）和auto（本机的GPU）。当前模型服务仅支持Nvidia的GPU。",
+    )
+    gpus_per_node: int | None = _f(
+        section=2, kind="int", ge=0,
+        default_en="empty: on local every GPU the machine has (0 without one); 1 on Kubernetes",
+        default_zh="留空：local使用本机全部GPU（没有GPU则为0）；Kubernetes上为1",
+        label_en="GPUs per node", label_zh="物理卡数",
+        help_en="GPUs each machine trains on; training is distributed over them. 0 (CPU only) only on local; "
+                "at most what the GPU type's nodes have.",
+        help_zh="用于训练的物理GPU或TPU卡的数量（控制每台机器使用的卡数，目前只支持GPU），"
+                "模型会根据物理卡个数在GPU上进行分布式微调。0（只用CPU）仅限local；不能超过该算力类型节点的卡数。",
+    )
+    nodes: int = _f(
+        1, section=2, kind="int", ge=1,
+        label_en="Nodes", label_zh="任务并行数",
+        help_en="Machines the job trains on at once (multi-node training). More than 1 only on Kubernetes.",
+        help_zh="同时运行的任务数量（控制多机），即参与训练的机器（节点）数。大于1仅限Kubernetes。",
+    )
+    cpu: int = _f(
+        8, section=2, kind="int", ge=1,
+        label_en="CPU cores per node", label_zh="资源配置：CPU核数",
+        help_en="CPU cores per node. On Kubernetes requests equal limits; not enforced on local.",
+        help_zh="填写资源配置：每个节点的CPU核数。Kubernetes上请求值等于上限；local上不做限制。",
+    )
+    memory_gib: int = _f(
+        64, section=2, kind="int", ge=1,
+        label_en="Memory per node (GiB)", label_zh="资源配置：内存（GiB）",
+        help_en="Memory per node, in GiB. On Kubernetes requests equal limits; not enforced on local.",
+        help_zh="填写资源配置：每个节点的内存（GiB）。Kubernetes上请求值等于上限；local上不做限制。",
+    )
+
+    # -- section 2: hyperparameters --
+    learning_rate: float = _f(
+        1e-4, section=2, kind="float", gt=0, le=1,
+        label_en="Learning rate", label_zh="学习率",
+        help_en="The step size of each parameter update: too high makes training unstable, too low converges "
+                "slowly.",
+        help_zh="模型参数更新的步长，学习率过高可能导致训练不稳定，过低可能导致收敛缓慢。",
+        recommended_en="1e-5 to 1e-3, usually start from 1e-4",
+        recommended_zh="1e-5 至 1e-3，通常从1e-4开始调整",
+    )
+    num_train_epochs: float = _f(
+        3.0, section=2, kind="float", gt=0, le=1000,
+        label_en="Epochs", label_zh="训练轮数",
+        help_en="How many times training goes through the whole dataset (fractions allowed).",
+        help_zh="完整地遍历训练数据集的次数（可为小数）。",
+        recommended_en="1-10 depending on dataset size and compute; 1 to 3 are usually enough for fine-tuning",
+        recommended_zh="1-10，视数据集大小和计算资源而定，一般做微调1到3轮就足够",
+    )
+    max_grad_norm: float = _f(
+        1.0, section=2, kind="float", gt=0,
+        label_en="Max gradient norm", label_zh="最大梯度范数",
+        help_en="Gradients are clipped to this norm, to avoid exploding gradients.",
+        help_zh="用于控制梯度的最大值，以避免梯度爆炸问题。",
+        recommended_en="0.5-1.0", recommended_zh="0.5-1.0，视具体情况而定",
+    )
+    max_samples: int | None = _f(
+        section=2, kind="int", ge=1,
+        default_en="empty: no limit", default_zh="留空：不限制",
+        label_en="Max samples", label_zh="最大样本数",
+        help_en="The most examples taken from each dataset; usually for debugging.",
+        help_zh="每次训练使用的最大样本数量（每个数据集），通常用于调试或预训练阶段。",
+        recommended_en="depends on the hardware; usually empty (no limit)",
+        recommended_zh="根据硬件资源确定，通常设置为None（不限制）",
+    )
+    compute_type: str = _f(
+        "auto", section=2, kind="choice", choices=("auto", "bf16", "fp16", "fp32", "pure_bf16"),
+        choice_labels={"auto": ("auto (bf16 where the GPU has it, else fp16; fp32 on CPU)",
+                                "auto（GPU支持时用bf16，否则fp16；CPU上用fp32）"),
+                       "bf16": ("bf16 mixed precision", "bf16 混合精度"),
+                       "fp16": ("fp16 mixed precision", "fp16 混合精度"),
+                       "fp32": ("fp32 (full precision)", "fp32（全精度）"),
+                       "pure_bf16": ("pure bf16 (weights and optimizer in bf16)", "纯bf16（权重和优化器都用bf16）")},
+        label_en="Compute type", label_zh="计算类型",
+        help_en="The numeric precision of training. auto: bf16 where the GPU has it, else fp16; fp32 on the "
+                "CPU. bf16 and pure_bf16 need a GPU type with bf16; fp16 needs a GPU.",
+        help_zh="指定训练时的计算精度类型。auto：GPU支持bf16时用bf16，否则用fp16；CPU上用fp32。"
+                "bf16、pure_bf16需要支持bf16的GPU；fp16需要GPU。",
+        recommended_en="fp16, or mixed precision where the hardware supports it, to train faster",
+        recommended_zh="FP16，若硬件支持可选择混合精度以加速训练",
+    )
+    cutoff_len: int = _f(
+        2048, section=2, kind="int", ge=8, le=1_048_576,
+        label_en="Cutoff length", label_zh="截断长度",
+        help_en="The most tokens of one example after tokenization; longer examples are truncated.",
+        help_zh="输入分词后的最大长度，超出部分被截断。",
+    )
+    per_device_train_batch_size: int = _f(
+        8, section=2, kind="int", ge=1,
+        label_en="Batch size (per GPU)", label_zh="批处理大小",
+        help_en="Examples fed to the model at once on each GPU. Larger batches train more efficiently but need "
+                "more GPU memory.",
+        help_zh="每次训练中输入模型的样本数量。较大的批处理大小可提高训练效率，但也需要更多的显存。"
+                "资源充足的情况下，批处理大小越大，效果越好。",
+        recommended_en="8-64, depending on GPU memory and model size",
+        recommended_zh="8-64，视显存容量和模型复杂度而定",
+    )
+    gradient_accumulation_steps: int = _f(
+        1, section=2, kind="int", ge=1,
+        label_en="Gradient accumulation", label_zh="梯度累计",
+        help_en="Batches whose gradients are accumulated before each update.",
+        help_zh="梯度累计的次数，即在更新模型前积累梯度的次数。",
+        recommended_en="1-8, depending on which batch size fits", recommended_zh="1-8，通常与批处理大小的实际可行性有关",
+    )
+    val_size: float = _f(
+        0.0, section=2, kind="float", ge=0, lt=1,
+        label_en="Validation share", label_zh="验证集比例",
+        help_en="The share of the dataset held out for validation (0: none).",
+        help_zh="用于验证的数据集在整个数据集中的比例（0：不划分验证集）。",
+        recommended_en="as needed", recommended_zh="根据需求设定",
+    )
+    lr_scheduler_type: str = _f(
+        "cosine", section=2, kind="choice", choices=SCHEDULERS,
+        choice_labels={"linear": ("linear decay", "线性衰减"), "cosine": ("cosine annealing", "余弦退火"),
+                       "cosine_with_restarts": ("cosine with restarts", "带重启的余弦退火"),
+                       "polynomial": ("polynomial decay", "多项式衰减"), "constant": ("constant", "恒定"),
+                       "constant_with_warmup": ("constant after warmup", "预热后恒定"),
+                       "inverse_sqrt": ("inverse square root", "平方根倒数衰减"),
+                       "cosine_with_min_lr": ("cosine down to a minimum (min_lr_rate)", "余弦退火到最小学习率（min_lr_rate）"),
+                       "warmup_stable_decay": ("warmup, stable, decay (decay_ratio)", "预热-平稳-衰减（decay_ratio）")},
+        label_en="Learning-rate scheduler", label_zh="学习率调节器",
+        help_en="How the learning rate changes during training (after warmup_steps of linear warmup).",
+        help_zh="调整学习率的策略，如预热、线性下降或余弦退火。",
+        recommended_en="warmup plus linear decay, or cosine annealing, depending on the task",
+        recommended_zh="预热加线性衰减，或余弦退火。根据训练情况和目标任务选择",
+    )
+    lora_rank: int | None = _f(
+        section=2, kind="int", ge=1, used_with=LORA,
+        default_en="empty; with lora: 8", default_zh="留空；LoRA时为8",
+        label_en="LoRA rank", label_zh="LoRA秩",
+        help_en="The rank of the low-rank decomposition: it sets how many parameters are learned. Higher ranks "
+                "learn more parameters, for complex tasks. " + _LORA_ONLY_EN,
+        help_zh="LoRA 秩表示用于低秩分解的秩值，它决定了学习的参数量。较高的秩值会增加参数量，通常在训练复杂模型时使用。"
+                + _LORA_ONLY_ZH,
+        recommended_en="4-16, depending on model size and task complexity",
+        recommended_zh="4-16，视模型大小和任务复杂度而定",
+    )
+    lora_alpha: float | None = _f(
+        section=2, kind="float", gt=0, used_with=LORA,
+        default_en="empty; with lora: 16", default_zh="留空；LoRA时为16",
+        label_en="LoRA alpha", label_zh="LoRA缩放系数",
+        help_en="Scales the LoRA output (by alpha / rank): higher values give LoRA more influence. "
+                + _LORA_ONLY_EN,
+        help_zh="缩放系数用于放大或缩小LoRA的输出，在微调过程中可以调整其影响力。较高的缩放系数会使LoRA的贡献更大。"
+                + _LORA_ONLY_ZH,
+        recommended_en="8-32; 16 is the usual default", recommended_zh="8-32，通常使用16作为默认值，并根据实验结果调整",
+    )
+    lora_dropout: float | None = _f(
+        section=2, kind="float", ge=0, lt=1, used_with=LORA,
+        default_en="empty; with lora: 0.1", default_zh="留空；LoRA时为0.1",
+        label_en="LoRA dropout", label_zh="LoRA随机丢弃",
+        help_en="Dropout on the LoRA layers' input during training, against overfitting. " + _LORA_ONLY_EN,
+        help_zh="LoRA随机丢弃用于在训练过程中随机丢弃部分LoRA层的输出，以防止过拟合并增强模型的泛化能力。" + _LORA_ONLY_ZH,
+        recommended_en="0.1-0.3, depending on overfitting and dataset size",
+        recommended_zh="0.1-0.3，视过拟合程度和数据集规模而定",
+    )
+    # FORM.md: the seed describes this field differently (and recommends 0.5-1.0, which would make B
+    # learn slower than A); this help text says what LoRA+ and PEFT really do with it.
+    loraplus_lr_ratio: float | None = _f(
+        section=2, kind="float", gt=0, used_with=LORA,
+        default_en="empty: off", default_zh="留空：不启用",
+        label_en="LoRA+ learning-rate ratio", label_zh="LoRA学习率比例",
+        help_en="LoRA+: the learning rate of LoRA's B matrices is this many times that of the A matrices "
+                "(A trains at learning_rate). The LoRA+ paper's typical value is 16; a value below 1 would make "
+                "B learn slower than A. Empty: off (A and B share learning_rate). " + _LORA_ONLY_EN,
+        help_zh="LoRA+：LoRA中B矩阵的学习率是A矩阵学习率的多少倍（A矩阵使用“学习率”）。LoRA+论文的常用值为16；"
+                "小于1会让B矩阵学得比A矩阵更慢。留空：不启用（A、B矩阵使用相同的学习率）。" + _LORA_ONLY_ZH,
+        recommended_en="empty, or about 16 (the LoRA+ paper)", recommended_zh="留空，或16左右（LoRA+论文）",
+    )
+
+    # -- section 3: advanced configuration (高级配置) --
+    quantization_bit: str = _f(
+        "none", section=3, kind="choice", choices=("none", "4", "8"),
+        choice_labels={"none": ("none", "不量化"), "4": ("4-bit (QLoRA)", "int4（QLoRA）"),
+                       "8": ("8-bit (QLoRA)", "int8（QLoRA）")},
+        label_en="Quantization bits", label_zh="量化等级",
+        help_en="Quantize the frozen base weights to 4 or 8 bits to save memory (QLoRA): only with "
+                "finetuning_method lora.",
+        help_zh="量化等级指模型参数的量化精度，可以选择int4或int8来减少模型的计算量和内存占用。选择none则不进行量化。"
+                "仅用于LoRA微调方法（QLoRA）。",
+        recommended_en="none, 4 or 8, by the model quality needed and the compute available",
+        recommended_zh="none, int4, int8，根据模型性能要求和计算资源选择",
+    )
+    quantization_method: str = _f(
+        "bnb", section=3, kind="choice", choices=("bnb", "hqq", "eetq"),
+        choice_labels={"bnb": ("bitsandbytes", "bnb（Bits-and-Bytes）"), "hqq": ("HQQ (Half-Quadratic Quantization)", "hqq"),
+                       "eetq": ("EETQ (8-bit, CUDA)", "eetq（仅8位，需CUDA）")},
+        label_en="Quantization method", label_zh="量化方法",
+        help_en="The quantization algorithm: bnb (bitsandbytes; also runs on the CPU), hqq, or eetq (8-bit only; "
+                "needs CUDA and its kernels available without a model hub). With DeepSpeed ZeRO-3 only 4-bit bnb "
+                "works.",
+        help_zh="量化方法指定了使用哪种算法进行模型的量化。常见方法包括bnb（Bits-and-Bytes，也可在CPU上运行），"
+                "hqq（Half-Quadratic Quantization），和eetq（仅8位，需要CUDA及其内核）。根据任务要求和实验结果选择。"
+                "与DeepSpeed ZeRO-3同用时只支持4位bnb。",
+    )
+    rope_scaling: str = _f(
+        "none", section=3, kind="choice", choices=("none", "linear", "dynamic", "yarn", "llama3"),
+        label_en="RoPE scaling", label_zh="RoPE插值方式",
+        help_en="Stretches the rotary position embeddings so the model takes examples longer than its context: "
+                "factor = ceil(cutoff_len / the model's context length). Skipped (with a warning) when "
+                "cutoff_len fits.",
+        help_zh="RoPE（旋转位置编码）插值方式用于处理旋转位置编码的不同实现方案，影响模型对位置信息的处理。"
+                "缩放倍数 = ceil(截断长度 / 模型的上下文长度)；截断长度不超过上下文长度时不做缩放（并给出提示）。",
+    )
+    booster: str = _f(
+        "auto", section=3, kind="choice", choices=("auto", "none", "flash_attention_2", "unsloth", "liger_kernel"),
+        choice_labels={"auto": ("auto (the fastest attention available)", "auto（可用的最快注意力实现）"),
+                       "none": ("none (eager attention)", "无（eager注意力）"),
+                       "flash_attention_2": ("FlashAttention-2", "FlashAttention-2"),
+                       "unsloth": ("Unsloth", "Unsloth"), "liger_kernel": ("Liger kernels", "Liger 内核")},
+        label_en="Booster", label_zh="加速方式",
+        help_en="auto: the flash-attn package where it is installed and the GPU supports it, else PyTorch SDPA "
+                "(whose flash kernel serves fp16/bf16 on CUDA). flash_attention_2 needs fp16/bf16 on a CUDA GPU; "
+                "unsloth needs exactly one GPU in total and no ZeRO-3; liger_kernel needs a CUDA GPU.",
+        help_zh="加速方式指使用的模型加速技术，以提高训练和推理速度。unsloth和flash_attention_2是常用的加速方法。"
+                "根据硬件支持情况和加速效果选择，同时需要注意使用的模型是否适用以上的加速模式。"
+                "auto：已安装flash-attn且GPU支持时用它，否则用PyTorch SDPA。flash_attention_2需要CUDA GPU上的fp16/bf16；"
+                "unsloth只能用于总共一张GPU且不能与ZeRO-3同用。",
+    )
+    distributed: str = _f(
+        "auto", section=3, kind="choice", choices=("auto", "ddp", "zero2", "zero3", "zero3_offload"),
+        choice_labels={"auto": ("auto (ddp for lora/freeze, zero3 for full on >1 GPU)", "auto（lora/freeze用ddp，多卡全参数用zero3）"),
+                       "ddp": ("DDP (each GPU holds the whole model)", "DDP（每张卡持有完整模型）"),
+                       "zero2": ("DeepSpeed ZeRO-2", "DeepSpeed ZeRO-2"), "zero3": ("DeepSpeed ZeRO-3", "DeepSpeed ZeRO-3"),
+                       "zero3_offload": ("DeepSpeed ZeRO-3 with CPU offload", "DeepSpeed ZeRO-3（卸载到CPU）")},
+        label_en="Distributed strategy", label_zh="分布式策略（DeepSpeed）",
+        help_en="How training is spread over GPUs. auto: ddp for lora and freeze, zero3 for full on more than one "
+                "GPU. ZeRO stages shard optimizer states (zero2) and also the weights (zero3) across the GPUs.",
+        help_zh="多卡训练的方式。auto：lora与freeze用ddp，全参数微调在多于一张卡时用zero3。"
+                "ZeRO-2切分优化器状态，ZeRO-3还切分模型权重。",
+    )
+    logging_steps: int = _f(
+        10, section=3, kind="int", ge=1,
+        label_en="Logging interval (steps)", label_zh="日志间隔",
+        help_en="Training metrics are logged every this many steps.",
+        help_zh="日志间隔指在训练过程中记录日志的频率，通常以训练步数为单位。适当的日志间隔可以帮助监控训练进度和模型性能。",
+        recommended_en="10-1000 steps, by dataset size", recommended_zh="10-1000步，视数据集大小和训练需求而定",
+    )
+    save_steps: int = _f(
+        1000, section=3, kind="int", ge=1,
+        label_en="Save interval (steps)", label_zh="保存间隔",
+        help_en="A checkpoint is saved every this many steps (the final weights are always saved). Shorter "
+                "intervals lose less when training stops midway.",
+        help_zh="保存间隔指模型权重的保存频率（以训练步数为单位；最终权重总会保存）。较短的保存间隔可以减少训练中途崩溃时的损失。",
+        recommended_en="1000-5000 steps, by training time and dataset size",
+        recommended_zh="1000-5000步，视训练时长和数据集大小而定",
+    )
+    warmup_steps: int = _f(
+        0, section=3, kind="int", ge=0,
+        label_en="Warmup steps", label_zh="预热步数",
+        help_en="Steps over which the learning rate rises linearly at the start, against overly large early "
+                "updates. More warmup steps than the job has in total gives a warning.",
+        help_zh="预热步数是在正式训练前的学习率线性增加阶段，通常用于避免模型在初期出现过大的梯度更新。"
+                "预热步数超过任务总步数时会给出提示。",
+        recommended_en="500-2000 steps, depending on the total steps and the scheduler",
+        recommended_zh="500-2000步，视训练总步数和学习率策略而定",
+    )
+    neftune_noise_alpha: float | None = _f(
+        section=3, kind="float", ge=0,
+        default_en="empty: off", default_zh="留空：不启用",
+        label_en="NEFTune noise alpha", label_zh="NEFTune噪声参数",
+        help_en="NEFTune: the scale of the noise added to the embeddings during training, for better "
+                "generalisation. Empty: off.",
+        help_zh="NEFTune噪声参数控制在NEFTune方法中引入的噪声水平，以增强模型的泛化能力。留空：不启用。",
+        recommended_en="5, depending on the task", recommended_zh="5，视具体任务和噪声敏感性而定",
+    )
+    optimizer: str = _f(
+        "adamw_torch", section=3, kind="choice",
+        choices=("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd", "lion_8bit"),
+        choice_labels={"adamw_torch": ("AdamW", "AdamW"), "adamw_torch_fused": ("AdamW (fused)", "AdamW（融合实现）"),
+                       "adamw_8bit": ("AdamW 8-bit (bitsandbytes)", "8位AdamW（bitsandbytes）"),
+                       "adafactor": ("Adafactor", "Adafactor"), "sgd": ("SGD", "SGD"),
+                       "lion_8bit": ("Lion 8-bit (bitsandbytes)", "8位Lion（bitsandbytes）")},
+        label_en="Optimizer", label_zh="优化器",
+        help_en="The algorithm that updates the parameters. The 8-bit ones come from bitsandbytes (CPU or GPU) "
+                "and keep smaller optimizer states.",
+        help_zh="优化器是指用于更新模型参数的算法。常见的优化器包括Adam、SGD、Adafactor等，选择合适的优化器对训练效率和效果至关重要。"
+                "8位优化器来自bitsandbytes（CPU或GPU均可）。",
+        recommended_en="AdamW", recommended_zh="AdamW",
+    )
+    seed: int = _f(
+        42, section=3, kind="int", ge=0, le=SEED_MAX,
+        label_en="Random seed", label_zh="随机种子",
+        help_en="Seeds data shuffling, the split and weight initialisation, so a job can be repeated.",
+        help_zh="随机种子：决定数据打乱、验证集划分和权重初始化，使任务可以复现。",
+    )
+    extra_args: dict = _f(
+        {}, section=3, kind="object",
+        label_en="Extra arguments", label_zh="额外参数",
+        help_en="Further TrainingArguments / TRL config keys, as an object. Unknown keys are refused, and so are "
+                "keys airtune sets itself (output and logging folders, report_to, deepspeed, ranks, hub pushing) "
+                "and keys a field of this form sets.",
+        help_zh="额外参数：更多的TrainingArguments / TRL配置项（JSON对象）。未知的键、airtune自行设置的键"
+                "（输出和日志目录、report_to、deepspeed、rank、推送到hub）以及本表单已有字段对应的键都会被拒绝。",
+    )
+
+    # -- section 4: further options (更多选项) --
+    lora_target: Any = _f(
+        section=4, kind="target", used_with=LORA,
+        default_en="all (every linear layer), or the catalog's list for the model",
+        default_zh="all（所有线性层），或模型目录中为该模型给出的列表",
+        label_en="LoRA target modules", label_zh="LoRA作用模块",
+        help_en="The modules LoRA adapts: all (every linear layer but the output layer), or module names "
+                "(a list, or separated by commas). " + _LORA_ONLY_EN,
+        help_zh="LoRA作用的模块：all（除输出层外的所有线性层），或模块名称列表（可用逗号分隔）。" + _LORA_ONLY_ZH,
+    )
+    use_dora: bool = _f(
+        False, section=4, kind="bool", used_with=LORA,
+        label_en="Use DoRA", label_zh="使用DoRA",
+        help_en="Weight-decomposed LoRA (DoRA): learns magnitude and direction separately. " + _LORA_ONLY_EN,
+        help_zh="使用DoRA（权重分解的LoRA），分别学习权重的大小和方向。" + _LORA_ONLY_ZH,
+    )
+    use_rslora: bool = _f(
+        False, section=4, kind="bool", used_with=LORA,
+        label_en="Use rsLoRA", label_zh="使用rsLoRA",
+        help_en="Rank-stabilised LoRA: scales by alpha / sqrt(rank) instead of alpha / rank. " + _LORA_ONLY_EN,
+        help_zh="使用rsLoRA（秩稳定的LoRA）：缩放系数为 alpha / sqrt(秩)，而非 alpha / 秩。" + _LORA_ONLY_ZH,
+    )
+    freeze_trainable_layers: int | None = _f(
+        section=4, kind="int", ge=1, used_with={"finetuning_method": ("freeze",)},
+        default_en="empty; with freeze: 2", default_zh="留空；freeze时为2",
+        label_en="Trainable layers (freeze)", label_zh="可训练层数（冻结微调）",
+        help_en="With finetuning_method freeze: the last this many layers train, the rest stays frozen.",
+        help_zh="仅用于freeze微调方法：训练最后这几层，其余层冻结。",
+    )
+    pref_loss: str | None = _f(
+        section=4, kind="choice", choices=("sigmoid", "ipo", "hinge", "orpo", "simpo"),
+        used_with={"stage": ("dpo",)},
+        default_en="empty; with dpo: sigmoid", default_zh="留空；dpo时为sigmoid",
+        label_en="Preference loss", label_zh="偏好损失函数",
+        help_en="Stage dpo only: the preference loss. sigmoid is DPO's own; orpo and simpo train through TRL's "
+                "own trainers for them.",
+        help_zh="仅用于dpo阶段：偏好损失函数。sigmoid为DPO本身的损失；orpo、simpo使用TRL对应的训练器。",
+    )
+    pref_beta: float | None = _f(
+        section=4, kind="float", gt=0, used_with={"stage": ("dpo", "kto")},
+        default_en="empty; with dpo or kto: 0.1", default_zh="留空；dpo或kto时为0.1",
+        label_en="Preference beta", label_zh="偏好beta参数",
+        help_en="Stages dpo and kto: beta, how far the model may move from the reference model (higher: "
+                "less far).",
+        help_zh="仅用于dpo和kto阶段：beta参数，控制模型偏离参考模型的程度（越大偏离越少）。",
+    )
+    packing: bool | None = _f(
+        section=4, kind="bool", used_with={"stage": ("pt", "sft")},
+        default_en="empty: true for pt, false for sft", default_zh="留空：pt为true，sft为false",
+        label_en="Packing", label_zh="序列打包",
+        help_en="Stages pt and sft: several examples share one cutoff_len-long row (no attention across "
+                "examples), so less compute is spent on padding.",
+        help_zh="仅用于pt和sft阶段：多个样本拼接到同一条截断长度的序列中（样本之间互不可见），减少填充带来的计算浪费。",
+    )
+    train_on_prompt: bool = _f(
+        False, section=4, kind="bool", used_with={"stage": ("sft",)},
+        label_en="Train on prompt", label_zh="在提示词上计算损失",
+        help_en="Stage sft: compute the loss on the prompt too, not only on the answers.",
+        help_zh="仅用于sft阶段：同时在提示词部分计算损失，而不只在回答上计算。",
+    )
+    mask_history: bool = _f(
+        False, section=4, kind="bool", used_with={"stage": ("sft",)},
+        label_en="Mask history", label_zh="屏蔽历史对话",
+        help_en="Stage sft: learn only from the last turn of a conversation, not from earlier answers.",
+        help_zh="仅用于sft阶段：只在对话的最后一轮上计算损失，不学习历史轮次的回答。",
+    )
+    skip_bad_rows: bool = _f(
+        False, section=4, kind="bool",
+        label_en="Skip bad rows", label_zh="跳过错误数据行",
+        help_en="Skip dataset rows that fail their checks and report how many, instead of failing the job.",
+        help_zh="跳过未通过检查的数据行并报告数量，而不是让任务失败。",
+    )
+    save_total_limit: int = _f(
+        3, section=4, kind="int", ge=1,
+        label_en="Checkpoints kept", label_zh="最多保留检查点数",
+        help_en="The most checkpoints kept on disk; older ones are deleted (the best one is kept).",
+        help_zh="磁盘上最多保留的检查点个数，较早的会被删除（最优的检查点会保留）。",
+    )
+    export_merged: bool = _f(
+        False, section=4, kind="bool", used_with=LORA,
+        label_en="Export merged model", label_zh="导出合并后的模型",
+        help_en="Also save the LoRA adapter merged into the base weights. Only with lora, without quantization.",
+        help_zh="同时保存将LoRA适配器合并进基础权重后的完整模型。仅用于LoRA且不量化时。",
+    )
+    min_lr_rate: float | None = _f(
+        section=4, kind="float", gt=0, lt=1, used_with={"lr_scheduler_type": ("cosine_with_min_lr",)},
+        default_en="empty; with cosine_with_min_lr: 0.1", default_zh="留空；cosine_with_min_lr时为0.1",
+        label_en="Minimum learning-rate share", label_zh="最小学习率比例",
+        help_en="With lr_scheduler_type cosine_with_min_lr: the learning rate decays to this share of "
+                "learning_rate.",
+        help_zh="仅用于cosine_with_min_lr学习率调节器：学习率最终衰减到“学习率”的这个比例。",
+    )
+    decay_ratio: float | None = _f(
+        section=4, kind="float", gt=0, lt=1, used_with={"lr_scheduler_type": ("warmup_stable_decay",)},
+        default_en="empty; with warmup_stable_decay: 0.1", default_zh="留空；warmup_stable_decay时为0.1",
+        label_en="Decay share", label_zh="衰减阶段比例",
+        help_en="With lr_scheduler_type warmup_stable_decay: the share of all steps spent decaying.",
+        help_zh="仅用于warmup_stable_decay学习率调节器：衰减阶段占总步数的比例。",
+    )
+
+    def to_dict(self) -> dict:
+        """Every key, JSON-able (lists for dataset / lora_target, a copy of extra_args)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (list, tuple)):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = json.loads(json.dumps(value))
+            out[f.name] = value
+        return out
+
+
+# Defaults that depend on the method, stage or scheduler: what `resolve` fills in when the field is
+# empty and the option applies (FORM.md).
+APPLIED_DEFAULTS = {
+    "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "freeze_trainable_layers": 2,
+    "pref_loss": "sigmoid", "pref_beta": 0.1, "min_lr_rate": 0.1, "decay_ratio": 0.1,
+}
+
+
+# -- the field table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One FORM.md row: what the form, the docs and the errors read."""
+
+    name: str
+    section: int
+    kind: str
+    default: Any
+    required: bool
+    choices: tuple
+    choice_labels: dict
+    catalog: str | None
+    gt: float | None
+    ge: float | None
+    lt: float | None
+    le: float | None
+    pattern: str | None
+    max_length: int | None
+    used_with: dict
+    label_en: str
+    label_zh: str
+    help_en: str
+    help_zh: str
+    recommended_en: str
+    recommended_zh: str
+    default_en: str
+    default_zh: str
+
+    def label(self, lang: str = "en") -> str:
+        return self.label_zh if lang == "zh" else self.label_en
+
+    def limits_text(self, lang: str = "en") -> str:
+        """The numeric limits: '> 0 and <= 1'."""
+        parts = []
+        for op, bound in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)):
+            if bound is not None:
+                parts.append(f"{op} {_num(bound)}")
+        return (" 且 " if lang == "zh" else " and ").join(parts)
+
+    def accepted(self, lang: str = "en") -> str:
+        """What this field accepts, in words (the error messages' and the help texts' second half)."""
+        zh = lang == "zh"
+        empty = ("，或留空" if zh else ", or empty") if not self.required else ""
+        if self.kind in ("int", "float"):
+            word = ("整数" if self.kind == "int" else "数") if zh else ("an integer" if self.kind == "int" else "a number")
+            limits = self.limits_text(lang)
+            return f"{word} {limits}{empty}" if limits else f"{word}{empty}"
+        if self.kind == "choice":
+            return (("以下之一：" if zh else "one of: ") + ", ".join(self.choices)) + empty
+        if self.kind == "bool":
+            return "true 或 false" if zh else "true or false"
+        if self.kind == "names":
+            return "一个或多个数据集名称（列表，或以逗号分隔）" if zh else "one or more dataset names (a list, or separated by commas)"
+        if self.kind == "target":
+            return ("all，或模块名称列表" if zh else "all, or a list of module names") + empty
+        if self.kind == "object":
+            return "JSON对象" if zh else "an object (mapping) of trainer arguments"
+        if self.pattern in (DNS_LABEL_PATTERN, OPTIONAL_DNS_LABEL_PATTERN):
+            text = ("小写字母、数字和“-”，以字母或数字开头及结尾，最多63个字符" if zh else
+                    "lower-case letters, digits and '-', starting and ending with a letter or digit, "
+                    "at most 63 characters")
+            return text + empty
+        return ("文本" if zh else "text") + empty
+
+    def help(self, lang: str = "en") -> str:
+        """Help text for the form and the docs: what it does, the recommended range, the default, the limits."""
+        zh = lang == "zh"
+        parts = [self.help_zh if zh else self.help_en]
+        rec = self.recommended_zh if zh else self.recommended_en
+        if rec:
+            parts.append(f"推荐取值：{rec}。" if zh else f"Recommended: {rec}.")
+        default_text = self.default_zh if zh else self.default_en
+        if not default_text and not self.required and self.default not in (None, {}, []):
+            default_text = _default_words(self.default)
+        if default_text:
+            parts.append(f"默认：{default_text}。" if zh else f"Default: {default_text}.")
+        if self.kind in ("int", "float") and self.limits_text():
+            parts.append(f"允许范围：{self.accepted('zh')}。" if zh else f"Accepted: {self.accepted('en')}.")
+        return " ".join(p.strip() for p in parts if p)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _default_words(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _field_info(f: dataclasses.Field) -> FieldInfo:
+    m = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return FieldInfo(name=f.name, default=None if m["required"] else default,
+                     **{k: m[k] for k in ("section", "kind", "required", "choices", "choice_labels", "catalog", "gt",
+                                          "ge", "lt", "le", "pattern", "max_length", "used_with", "label_en",
+                                          "label_zh", "help_en", "help_zh", "recommended_en", "recommended_zh",
+                                          "default_en", "default_zh")})
+
+
+FIELDS: tuple[FieldInfo, ...] = tuple(_field_info(f) for f in dataclasses.fields(JobSpec))
+FIELD_BY_NAME: dict[str, FieldInfo] = {f.name: f for f in FIELDS}
+
+
+def field_info(name: str) -> FieldInfo:
+    return FIELD_BY_NAME[name]
+
+
+# -- JSON schema for Airflow Params ---------------------------------------------------------------
+
+_JSON_TYPES = {"str": "string", "choice": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "object": "object"}
+
+
+def param_schema(field_name: str) -> dict:
+    """The JSON schema of one field's single-field rules (what Airflow checks when a run is triggered).
+
+    Every field that is not required may be left empty (null): empty means the default. Catalog
+    enums (models, locations, ...) are not here: `airtune.form` adds them from the catalog.
+    """
+    f = FIELD_BY_NAME[field_name]
+    schema: dict[str, Any]
+    if f.kind == "names":
+        # The form shows a multi-select (an array); YAML files and REST calls may also give "a, b".
+        schema = {"type": ["array", "string"], "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                  "uniqueItems": True, "pattern": NAMES_TEXT_PATTERN}
+    elif f.kind == "target":
+        schema = {"type": ["string", "array"], "pattern": LORA_TARGET_TEXT_PATTERN,
+                  "items": {"type": "string", "pattern": MODULE_PATTERN, "not": {"const": "all"}}, "minItems": 1}
+    else:
+        schema = {"type": [_JSON_TYPES[f.kind]]}
+        if f.kind == "choice":
+            schema["enum"] = list(f.choices)
+        for key, bound in (("exclusiveMinimum", f.gt), ("minimum", f.ge), ("exclusiveMaximum", f.lt),
+                           ("maximum", f.le)):
+            if bound is not None:
+                schema[key] = bound
+        if f.pattern:
+            schema["pattern"] = f.pattern
+        if f.max_length:
+            schema["maxLength"] = f.max_length
+        if f.kind == "str" and f.required:
+            schema["minLength"] = 1
+    if not f.required:
+        schema["type"] = [*schema["type"], "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+    elif len(schema["type"]) == 1:
+        schema["type"] = schema["type"][0]
+    return schema
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A value refused by its own field's rules; the message says what is accepted."""
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or \
+        (isinstance(value, (list, tuple, dict)) and len(value) == 0)
+
+
+def _to_int(f: FieldInfo, value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Bad
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise _Bad from None
+        if number.is_integer():
+            return int(number)
+    raise _Bad
+
+
+def _to_float(f: FieldInfo, value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Bad
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string: take it as the number it means.
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _Bad from None
+    else:
+        raise _Bad
+    if not math.isfinite(number):
+        raise _Bad
+    return number
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _to_bool(f: FieldInfo, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Bad
+
+
+def _check_limits(f: FieldInfo, number: float) -> None:
+    if (f.gt is not None and not number > f.gt) or (f.ge is not None and not number >= f.ge) or \
+            (f.lt is not None and not number < f.lt) or (f.le is not None and not number <= f.le):
+        raise _Bad(f"must be {f.limits_text()}")
+
+
+def _split_names(value: Any) -> list:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, (list, tuple)):
+        return [v.strip() if isinstance(v, str) else v for v in value]
+    raise _Bad
+
+
+def _convert(f: FieldInfo, value: Any) -> Any:
+    """One field's value, converted and checked on its own. Raises _Bad (message: what is accepted)."""
+    if f.kind == "int":
+        number = _to_int(f, value)
+        _check_limits(f, number)
+        return number
+    if f.kind == "float":
+        number = _to_float(f, value)
+        _check_limits(f, number)
+        return number
+    if f.kind == "bool":
+        return _to_bool(f, value)
+    if f.kind == "choice":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # quantization_bit: 4 in a YAML file
+        if not isinstance(value, str):
+            raise _Bad
+        text = value.strip().lower()
+        if f.name == "quantization_bit" and text in ("int4", "int8"):
+            text = text[3:]  # the seed's words for 4 and 8
+        if f.name == "stage" and text == "ppo":
+            raise _Bad("ppo is not offered: TRL, which airtune trains with, no longer has a PPO trainer; "
+                       "use grpo (online RL against a reward model, with reward_model naming a finished rm job)")
+        if text not in f.choices:
+            raise _Bad
+        return text
+    if f.kind == "str":
+        if not isinstance(value, str):
+            raise _Bad
+        text = value.strip()
+        if f.max_length and len(text) > f.max_length:
+            raise _Bad(f"at most {f.max_length} characters (this one has {len(text)}); "
+                       f"accepted: {f.accepted()}")
+        if f.pattern and not re.fullmatch(f.pattern, text):
+            raise _Bad
+        return text
+    if f.kind == "names":
+        names = _split_names(value)
+        if not names or any(not isinstance(n, str) or not n for n in names):
+            raise _Bad
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise _Bad(f"each dataset at most once ({', '.join(duplicates)} given twice)")
+        return names
+    if f.kind == "target":
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all"
+        names = _split_names(value)
+        bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(MODULE_PATTERN, n)]
+        if not names or bad:
+            raise _Bad(f"all, or module names such as q_proj, v_proj (letters, digits, '_' and '.')"
+                       + (f"; not a module name: {', '.join(map(repr, bad))}" if bad and names else ""))
+        if "all" in names:
+            raise _Bad("either all, or a list of module names, not both")
+        return names
+    if f.kind == "object":
+        if not isinstance(value, Mapping):
+            raise _Bad
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Bad("an object whose keys are trainer argument names")
+            try:
+                json.dumps(item)
+            except (TypeError, ValueError):
+                raise _Bad(f"JSON values only ({key!r} is not)") from None
+            out[key] = item
+        return out
+    raise AssertionError(f.kind)
+
+
+def _unknown_key_error(key: str, value: Any) -> FieldError:
+    close = difflib.get_close_matches(str(key), list(FIELD_BY_NAME), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return FieldError(str(key), value, f"unknown key; {hint}the accepted keys are FORM.md's: " + ", ".join(FIELD_BY_NAME))
+
+
+def _extra_args_errors(extra: dict) -> list[FieldError]:
+    errors = []
+    for key, value in extra.items():
+        if key in EXTRA_ARGS_RESERVED or key.startswith(EXTRA_ARGS_RESERVED_PREFIXES):
+            errors.append(FieldError(f"extra_args.{key}", value,
+                                     "airtune sets this itself (output and logging folders, report_to, deepspeed, "
+                                     "ranks, hub pushing); remove it"))
+        elif key in EXTRA_ARGS_FROM_FIELDS:
+            errors.append(FieldError(f"extra_args.{key}", value,
+                                     f"set by the field {EXTRA_ARGS_FROM_FIELDS[key]}; use that field instead"))
+    return errors
+
+
+def _given(value: Any) -> bool:
+    """An option counts as given when it holds something other than "empty" or "off"."""
+    return value is not None and value is not False
+
+
+def _cross_field_errors(v: dict, bad: set) -> list[FieldError]:
+    """FORM.md's rules between fields that need no catalog. Fields already refused are skipped."""
+    errors: list[FieldError] = []
+
+    def refuse(name: str, message: str, *others: str) -> None:
+        if name not in bad and not bad.intersection(others):
+            errors.append(FieldError(name, v[name], message))
+
+    # Options used only with some methods / stages / schedulers (FORM.md: an error when given otherwise).
+    for f in FIELDS:
+        for other, allowed in f.used_with.items():
+            if _given(v[f.name]) and v[other] not in allowed:
+                what = " or ".join(allowed)
+                refuse(f.name, f"used only with {other} {what} (this job has {other} {v[other]!r}); leave it empty",
+                       other)
+
+    method, bits, qmethod = v["finetuning_method"], v["quantization_bit"], v["quantization_method"]
+    if bits != "none" and method != "lora":
+        refuse("quantization_bit", f"none unless finetuning_method is lora (QLoRA quantizes the frozen base "
+                                   f"under LoRA adapters); this job has finetuning_method {method!r}",
+               "finetuning_method")
+    if qmethod == "eetq" and bits == "4":
+        refuse("quantization_method", "eetq quantizes to 8 bits only: use quantization_bit 8, or bnb or hqq "
+                                      "for 4 bits", "quantization_bit")
+    if qmethod != "bnb" and bits == "none":
+        refuse("quantization_method", f"has no effect without quantization_bit 4 or 8; set quantization_bit or "
+                                      f"leave quantization_method at bnb", "quantization_bit")
+    if v["distributed"] in ("zero3", "zero3_offload") and bits != "none" and (bits, qmethod) != ("4", "bnb"):
+        refuse("quantization_bit", f"with distributed {v['distributed']} only 4-bit bnb quantization works "
+                                   f"(this job has {bits}-bit {qmethod}); use quantization_bit 4 with "
+                                   f"quantization_method bnb, or distributed zero2/ddp",
+               "distributed", "quantization_method")
+    if v["export_merged"] and method == "lora" and bits != "none":
+        refuse("export_merged", "not with quantization: a quantized base cannot take the adapter exactly; "
+                                "set quantization_bit none, or leave export_merged off", "quantization_bit")
+    if v["booster"] == "unsloth" and v["distributed"] in ("zero3", "zero3_offload"):
+        refuse("booster", f"unsloth does not work with DeepSpeed ZeRO-3 (distributed {v['distributed']!r}); "
+                          f"use another booster or distributed ddp/zero2", "distributed")
+    if v["stage"] == "grpo" and not v["reward_model"]:
+        refuse("reward_model", "required with stage grpo: the name of a finished rm job", "stage")
+    return errors
+
+
+def _collect(mapping: Mapping) -> tuple[dict, list[FieldError], set]:
+    """(values, errors, refused field names). Refused or missing fields hold their default (None
+    for required ones), so `resolve` can still check the rest: all errors are reported at once."""
+    if not isinstance(mapping, Mapping):
+        raise SpecError([FieldError("job", type(mapping).__name__, "a job is one flat mapping of FORM.md's keys")])
+    errors: list[FieldError] = []
+    bad: set[str] = set()
+    values = {f.name: (None if f.required else json.loads(json.dumps(f.default))) for f in FIELDS}
+    for key, value in mapping.items():
+        f = FIELD_BY_NAME.get(key) if isinstance(key, str) else None
+        if f is None:
+            errors.append(_unknown_key_error(key, value))
+            continue
+        if _is_empty(value):
+            continue  # empty means the default (FORM.md)
+        try:
+            values[key] = _convert(f, value)
+        except _Bad as exc:
+            bad.add(key)
+            message = str(exc) if exc.args else f"must be {f.accepted()}"
+            errors.append(FieldError(key, value, message))
+    for f in FIELDS:
+        if f.required and values[f.name] is None and f.name not in bad:
+            bad.add(f.name)
+            errors.append(FieldError(f.name, mapping.get(f.name), f"required: {f.accepted()}"))
+    if "extra_args" not in bad:
+        extra_errors = _extra_args_errors(values["extra_args"])
+        errors += extra_errors
+        if extra_errors:
+            bad.add("extra_args")
+    errors += _cross_field_errors(values, bad)
+    bad.update(e.field for e in errors)
+    return values, errors, bad
+
+
+def parse(mapping: Mapping) -> JobSpec:
+    """The flat job mapping (job YAML, trigger form, REST conf) as a JobSpec; SpecError with every error."""
+    values, errors, _ = _collect(mapping)
+    if errors:
+        raise SpecError(errors)
+    return JobSpec(**values)
+
+
+def parse_partial(mapping: Mapping) -> tuple[JobSpec, list[FieldError], set]:
+    """Like parse, but returns (spec with refused fields at their defaults, errors, refused field names)
+    instead of raising, so later checks can still run and report their errors with these."""
+    values, errors, bad = _collect(mapping)
+    return JobSpec(**values), errors, bad
