@@ -9,7 +9,7 @@ import pytest
 
 from airtune.data import load_prepared, prepare
 
-from .conftest import DEMO, dataset, entry_dict, load_rows, resolved, trained_text
+from .conftest import DEMO, REPO, dataset, entry_dict, load_rows, resolved, trained_text
 
 IM_END = "<|im_end|>"
 
@@ -31,6 +31,8 @@ def test_alpaca_demo_through_dataset_info(tiny_model_dir, tokenizer, lf_catalog,
         assert row["input_ids"] == tokenizer(expected, add_special_tokens=False)["input_ids"]
     assert manifest["tokens"]["train"] == sum(len(r["input_ids"]) for r in rows)
     assert manifest["label_tokens"]["train"] == sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+    assert (out / "chat_template.jinja").read_text() == (REPO / "configs" / "templates" / "chatml.jinja").read_text()
+    assert manifest["template"]["name"] == "chatml" and len(manifest["template"]["sha256"]) == 64
     train, validation, loaded = load_prepared(out)
     assert len(train) == 999 and validation is None and loaded["content_hash"] == manifest["content_hash"]
 

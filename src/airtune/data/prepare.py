@@ -34,6 +34,8 @@ KIND_WORDS = {
     "sft": "instructions or conversations", "text": "plain text", "preference": "preference pairs",
     "kto": "examples labelled desirable/undesirable (KTO)",
 }
+# The chat template the data was rendered with, stored in the prepared folder.
+TEMPLATE_FILE = "chat_template.jinja"
 # Below this many examples per process, a worker process costs more than it saves.
 ROWS_PER_PROCESS = 2000
 
@@ -501,6 +503,8 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
                 splits[name], t = _truncate_pt(splits[name], options["cutoff_len"])
                 truncated += t
     tmp.mkdir(parents=True)
+    # the template the rows were rendered with, beside them (the trainer and later jobs can read it back)
+    shutil.copyfile(resolved["template"]["path"], tmp / TEMPLATE_FILE)
     rows, tokens, label_tokens, columns = {}, {}, {}, {}
     for name, c in splits.items():
         if name == "validation" and examples_per_split[name] == 0:
@@ -543,7 +547,8 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         "val_size": options["val_size"],
         "seed": options["seed"],
         "skip_bad_rows": options["skip_bad_rows"],
-        "template": {"name": template["name"], "path": str(template["path"]), "sha256": parts["template_sha256"]},
+        "template": {"name": template["name"], "path": str(template["path"]), "sha256": parts["template_sha256"],
+                     "file": TEMPLATE_FILE},
         "tokenizer": {"name_or_path": model["weights"], "revision": model.get("revision"), "fingerprint": parts["tokenizer"],
                       "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id, "bos_token": tok.bos_token,
                       "pad_token": tok.pad_token, "vocab_size": len(tok)},
