@@ -1,0 +1,613 @@
+"""`resolve(spec, catalog)`: a parsed JobSpec as the *resolved spec* every later step reads.
+
+It looks the job's names up in the catalog, resolves every `auto` (template, GPU type and count,
+compute type, booster, distributed strategy) and the defaults that depend on the method or stage
+(LoRA 8/16/0.1, lora_target, packing, ...), applies FORM.md's rules that need the catalog, the
+hardware or earlier jobs, and estimates the GPU memory one training process needs. Every error
+comes at once, in one `SpecError`. The shape of the result is docs/architecture.md's.
+
+Imports: spec and catalog only. torch is imported (lazily, in `detect_hardware`) only for location
+`local` with gpu_type `auto` when no `hardware` is given; trl (to check `extra_args` keys against
+the stage's TRL config) only when extra_args is not empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import airtune
+from airtune import paths
+from airtune.catalog import Catalog, Location, ModelEntry
+from airtune.spec import APPLIED_DEFAULTS, FieldError, JobSpec, SpecError, parse_partial
+
+# FORM.md: the dataset's format must fit the stage. grpo takes its prompts from sft data.
+STAGE_DATASET_KINDS = {
+    "sft": ("sft",), "pt": ("text",), "rm": ("preference",), "dpo": ("preference",), "kto": ("kto",),
+    "grpo": ("sft",),
+}
+KIND_WORDS = {
+    "sft": "instructions or conversations", "text": "plain text", "preference": "preference pairs",
+    "kto": "examples labelled desirable/undesirable",
+}
+# FORM.md: a parent is a finished pt, sft, dpo, kto or grpo job (an rm job is no parent).
+PARENT_STAGES = ("pt", "sft", "dpo", "kto", "grpo")
+HALF = ("fp16", "bf16", "pure_bf16")
+ZERO3 = ("zero3", "zero3_offload")
+# transformers fetches EETQ's kernels from the hub (kernels-community/quantization-eetq): usable only
+# where they are already in the local Hugging Face cache.
+EETQ_KERNEL_REPO = "kernels-community/quantization-eetq"
+
+_UNSET = object()
+
+
+# -- earlier jobs ---------------------------------------------------------------------------------
+
+
+class JobLookup(Protocol):
+    """Finds an earlier job by name (for parent_job and reward_model).
+
+    `get(name)` returns None when no job has that name, else a dict:
+      name, state ("finished" or another word), run_id, job_dir,
+      resolved (that run's resolved spec, docs/architecture.md), result (its result.json or None),
+      final_dir (absolute path of its final adapter/weights, or None).
+    """
+
+    def get(self, name: str) -> dict | None: ...
+
+
+class WorkspaceJobs:
+    """The default JobLookup: `<workspace>/jobs/<name>/<run>/spec.json`, finished when result.json exists.
+
+    Of several runs of one name (a retraining DAG adds one per run), the newest finished one counts.
+    """
+
+    def __init__(self, workspace: Path | str | None = None):
+        self.root = Path(workspace or paths.workspace()) / "jobs"
+
+    def get(self, name: str) -> dict | None:
+        folder = self.root / name
+        if not folder.is_dir():
+            return None
+        runs = [d for d in folder.iterdir() if d.is_dir() and (d / "spec.json").is_file()]
+        if not runs:
+            return None
+        finished = [d for d in runs if (d / "result.json").is_file()]
+        if finished:
+            run = max(finished, key=lambda d: (d / "result.json").stat().st_mtime)
+            result = _read_json(run / "result.json")
+            final = (run / (result.get("final_dir") or "output/final")).resolve()
+            state = "finished"
+        else:
+            run = max(runs, key=lambda d: (d / "spec.json").stat().st_mtime)
+            result, final, state = None, None, "not finished (no result.json)"
+        return {"name": name, "state": state, "run_id": run.name, "job_dir": str(run),
+                "resolved": _read_json(run / "spec.json"), "result": result,
+                "final_dir": str(final) if final else None}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# -- hardware -------------------------------------------------------------------------------------
+
+HARDWARE_KEYS = {"cuda_devices": 0, "bf16": False, "flash_attn": False, "eetq": False, "gpu_memory_gib": None}
+
+
+def detect_hardware() -> dict:
+    """This machine's accelerators, for location `local` with gpu_type `auto` (torch imported here only).
+
+    cuda_devices, bf16 (every device has it), flash_attn (the package is installed and the GPU is Ampere
+    or newer, which FlashAttention-2 needs), eetq (its kernels are in the local hub cache, CUDA present),
+    gpu_memory_gib (the smallest device's memory).
+    """
+    hw = dict(HARDWARE_KEYS)
+    try:
+        import torch
+    except ImportError:
+        return hw
+    if not torch.cuda.is_available():
+        return hw
+    n = torch.cuda.device_count()
+    props = [torch.cuda.get_device_properties(i) for i in range(n)]
+    hw.update(
+        cuda_devices=n,
+        bf16=bool(torch.cuda.is_bf16_supported()),
+        flash_attn=importlib.util.find_spec("flash_attn") is not None and min(p.major for p in props) >= 8,
+        eetq=_eetq_kernels_cached(),
+        gpu_memory_gib=round(min(p.total_memory for p in props) / 2**30, 1),
+    )
+    return hw
+
+
+def _eetq_kernels_cached() -> bool:
+    if importlib.util.find_spec("kernels") is None:
+        return False
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")
+    return (Path(hub) / ("models--" + EETQ_KERNEL_REPO.replace("/", "--"))).is_dir()
+
+
+# -- GPU memory estimate --------------------------------------------------------------------------
+
+GIB = 2**30
+# Logits dominate small models' activations (batch × tokens × vocabulary); the catalog has no
+# vocabulary size, so a large modern one is assumed (Llama 3: 128,256; Qwen2.5: 151,936).
+ASSUMED_VOCAB = 128_000
+# Optimizer state bytes per trainable parameter (fp32 states): AdamW keeps two moments (2 × 4 B),
+# the 8-bit ones from bitsandbytes keep 1 B per moment, Adafactor factors its second moment
+# (rows + columns per matrix: negligible), SGD without momentum keeps nothing.
+OPTIMIZER_STATE_BYTES = {"adamw_torch": 8.0, "adamw_torch_fused": 8.0, "adamw_8bit": 2.0, "lion_8bit": 1.0,
+                         "adafactor": 0.0, "sgd": 0.0}
+
+
+def trainable_params(model: ModelEntry, method: str, lora_rank: int | None, freeze_layers: int | None) -> float:
+    """Trainable parameters, approximately.
+
+    lora: rank × (in + out) per adapted linear layer. With every linear layer adapted, a Llama/Qwen
+    layer sums to about 24 × hidden (q, o: 2h each; k, v: h + kv; gate, up, down: h + intermediate,
+    with intermediate ≈ 3.5-5.3 h): qwen2.5-7b at rank 8 gives 24 × 3584 × 28 × 8 = 19.3 M (PEFT
+    counts 20.2 M). freeze: the last N of L layers (embeddings excluded). full: every parameter.
+    """
+    total = model.params_b * 1e9
+    if method == "full":
+        return total
+    layers = model.num_layers or 0
+    if method == "freeze":
+        return total * min(freeze_layers or 2, layers) / layers if layers else total * 0.1
+    if model.hidden_size and layers:
+        return 24.0 * model.hidden_size * layers * (lora_rank or 8)
+    return total * 0.005
+
+
+def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int) -> dict:
+    """GPU memory one training process needs, in GiB, with its parts (resolved spec values).
+
+    weights      params × bytes: QLoRA 4-bit 0.52 B (nf4 + double-quantized scales), 8-bit 1.03 B;
+                 full fine-tuning keeps fp32 master weights (4 B) unless pure_bf16 (2 B); lora and
+                 freeze load the frozen weights in the half type (2 B) or fp32 (4 B).
+                 ZeRO-3 shards them over the processes.
+    trainable    per trainable param: fp32 gradient (4 B; pure_bf16 2 B) + optimizer states
+                 (AdamW 8 B; pure_bf16 4 B) + an fp32 copy where the weights are not already fp32
+                 (lora adapters 4 B, freeze's upcast layers 2 B). ZeRO-2/3 shard gradients and
+                 states; zero3_offload moves the states to the CPU.
+    activations  the trainer checkpoints activations on the GPU (train/args.py): each layer keeps
+                 its input (2 B × batch × tokens × hidden), and the layer being recomputed needs
+                 ~34 B × batch × tokens × hidden (Korthikanti et al. 2022, half precision, flash/SDPA
+                 attention: no tokens² term); plus the logits, ~6 B × batch × tokens × vocab (half-
+                 precision logits and the loss's fp32 copy).
+    overhead     CUDA context and allocator slack: 1 GiB + 5 %.
+
+    Example (the tests'): qwen2.5-7b-instruct, lora bf16, batch 8 × 2048 tokens on one H100:
+    14.2 (weights) + 0.3 (adapter states) + 4.9 (layers) + 11.7 (logits) + 2.6 = ~34 GiB of 80.
+    """
+    method, compute = spec["finetuning_method"], spec["compute_type"]
+    bits = spec.get("quantization_bit") or "none"
+    distributed, optimizer = spec["distributed"], spec["optimizer"]
+    params = model.params_b * 1e9
+    if method == "lora" and bits == "4":
+        weight_bytes = 0.52
+    elif method == "lora" and bits == "8":
+        weight_bytes = 1.03
+    elif compute == "pure_bf16":
+        weight_bytes = 2.0
+    elif method == "full" or compute == "fp32":
+        weight_bytes = 4.0
+    else:
+        weight_bytes = 2.0
+    weights = params * weight_bytes
+
+    trainable = trainable_params(model, method, spec.get("lora_rank"), spec.get("freeze_trainable_layers"))
+    grad_bytes = 2.0 if compute == "pure_bf16" else 4.0
+    state_bytes = OPTIMIZER_STATE_BYTES.get(optimizer, 8.0) / (2.0 if compute == "pure_bf16" else 1.0)
+    copy_bytes = 4.0 if method == "lora" else (4.0 - weight_bytes if method == "freeze" else 0.0)
+    grads, states, copies = trainable * grad_bytes, trainable * state_bytes, trainable * copy_bytes
+
+    n = max(1, world_size)
+    if distributed in ("zero2", "zero3", "zero3_offload"):
+        grads /= n
+        states /= n
+    if distributed in ZERO3:
+        weights /= n
+        copies /= n
+    if distributed == "zero3_offload":
+        states = 0.0
+
+    tokens = spec["per_device_train_batch_size"] * spec["cutoff_len"]
+    hidden = model.hidden_size or int(math.sqrt(params / (12 * (model.num_layers or 32))))
+    layers = model.num_layers or 32
+    layer_acts = tokens * hidden * (2.0 * layers + 34.0)
+    logits = tokens * (getattr(model, "vocab_size", None) or ASSUMED_VOCAB) * 6.0
+
+    subtotal = weights + grads + states + copies + layer_acts + logits
+    total = subtotal * 1.05 + GIB
+    parts = {"weights": weights, "trainable_states": grads + states + copies, "activations": layer_acts,
+             "logits": logits, "overhead": total - subtotal}
+    return {
+        "gpu_memory_gib_per_process": round(total / GIB, 1),
+        "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()},
+        "trainable_params": int(trainable),
+    }
+
+
+# -- extra_args against the stage's TRL config ----------------------------------------------------
+
+def _trl_config_class(stage: str, pref_loss: str | None):
+    """The TRL config class the stage trains with (trl imported here: several seconds)."""
+    import trl
+
+    if stage == "dpo" and pref_loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig
+    if stage == "dpo" and pref_loss == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig
+    name = {"pt": "SFTConfig", "sft": "SFTConfig", "rm": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig",
+            "grpo": "GRPOConfig"}[stage]
+    return getattr(trl, name)
+
+
+# -- resolve --------------------------------------------------------------------------------------
+
+
+def resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None = None, jobs: JobLookup | None = None) -> dict:
+    """The resolved spec (docs/architecture.md). Raises SpecError with every error at once."""
+    resolved, errors = _resolve(spec, catalog, hardware=hardware, jobs=jobs, skip=set())
+    if errors:
+        raise SpecError(errors)
+    return resolved
+
+
+def validate_mapping(mapping: Mapping, catalog: Catalog | None = None, *, hardware: dict | None = None,
+                     jobs: JobLookup | None = None) -> dict:
+    """parse + resolve, reporting the errors of both at once (what `airtune validate` and the validate task run)."""
+    spec, errors, bad = parse_partial(mapping)
+    resolved, more = _resolve(spec, catalog or Catalog.load(), hardware=hardware, jobs=jobs, skip=bad)
+    if errors or more:
+        raise SpecError(errors + more)
+    return resolved
+
+
+def format_errors(error: SpecError) -> str:
+    """Every error on its own line, numbered, for logs and the CLI."""
+    n = len(error.errors)
+    head = f"{n} error{'s' if n != 1 else ''}:"
+    return "\n".join([head, *(f"  {i}. {e}" for i, e in enumerate(error.errors, 1))])
+
+
+def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: JobLookup | None,
+             skip: set) -> tuple[dict, list[FieldError]]:
+    """(resolved spec, errors). Rules that involve a field in `skip` (already refused) are not checked."""
+    v = spec.to_dict()
+    errors: list[FieldError] = []
+    warnings: list[str] = []
+
+    def refuse(name: str, message: str, *involved: str, value: Any = _UNSET) -> None:
+        # A rule is not checked when a field it involves is already refused (by parse, or by an
+        # earlier rule here): one mistake, one message. Several values of one field (two unknown
+        # datasets) are each reported.
+        refused = skip | {e.field.split(".")[0] for e in errors}
+        if name.split(".")[0] in skip or refused.intersection(involved):
+            return
+        errors.append(FieldError(name, v.get(name) if value is _UNSET else value, message))
+
+    method, stage = v["finetuning_method"], v["stage"]
+
+    # -- catalog look-ups --
+    model = catalog.models.get(v["base_model"]) if v["base_model"] else None
+    if v["base_model"] and model is None:
+        refuse("base_model", "not in the catalog (configs/models.yaml); accepted: " + ", ".join(catalog.models))
+    location = catalog.locations.get(v["location"])
+    if location is None:
+        refuse("location", "not in configs/locations.yaml; accepted: " + ", ".join(catalog.locations))
+
+    datasets = []
+    fitting = STAGE_DATASET_KINDS[stage]
+    for name in v["dataset"] or []:
+        entry = catalog.datasets.get(name)
+        if entry is None:
+            refuse("dataset", "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
+                   value=name)
+            continue
+        if entry.kind not in fitting:
+            fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
+            refuse("dataset", f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
+                              f"{stage} trains on {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
+                              f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
+        datasets.append({"name": entry.name, "format": entry.format, "kind": entry.kind,
+                         "files": [str(p) for p in entry.files], "columns": dict(entry.columns),
+                         "tags": dict(entry.tags)})
+
+    # -- earlier jobs: parent_job, reward_model --
+    lookup = jobs
+    if lookup is None and (v["parent_job"] or v["reward_model"]):
+        lookup = WorkspaceJobs()
+    parent = _parent(v, lookup, refuse) if v["parent_job"] else None
+    reward_model = _reward_model(v, lookup, refuse) if v["reward_model"] else None
+
+    # -- template --
+    template = v["template"]
+    if template == "auto":
+        template = parent["template"] if parent and parent.get("template") else (model.template if model else None)
+    elif template not in catalog.templates:
+        refuse("template", "not a template of configs/templates/; accepted: auto, " + ", ".join(catalog.templates))
+        template = None
+    else:
+        if model and model.is_instruct and template != model.template:
+            refuse("template", f"{model.name} is an instruct/chat model trained with template {model.template!r}: "
+                               f"it takes only that one (or auto); a base model may take any", "base_model")
+        if parent and parent.get("template") and template != parent["template"]:
+            refuse("template", f"the parent job {parent['name']!r} used template {parent['template']!r}; "
+                               f"continuing from it takes the same template (or auto)", "parent_job")
+
+    # -- GPU type and count --
+    gpu_name = v["gpu_type"] or (location.default_gpu_type if location else None)
+    gpu = location.gpu_types.get(gpu_name) if location else None
+    if location and gpu is None:
+        refuse("gpu_type", f"location {location.name!r} offers: " + ", ".join(location.gpu_types), "location")
+    is_local = bool(location and location.is_local)
+    detected = is_local and gpu_name == "auto"
+    hw = dict(HARDWARE_KEYS)
+    if detected:
+        hw.update(hardware if hardware is not None else detect_hardware())
+    if detected:
+        capacity, has_bf16, memory_gib = int(hw["cuda_devices"] or 0), bool(hw["bf16"]), hw["gpu_memory_gib"]
+        has_flash, has_eetq = bool(hw["flash_attn"]), bool(hw["eetq"])
+    elif gpu is not None:
+        extra = ((location.raw.get("gpu_types") or {}).get(gpu_name) or {}) if location else {}
+        capacity = gpu.gpus_per_node if gpu.gpus_per_node is not None else None
+        has_bf16, memory_gib = bool(gpu.bf16), gpu.memory_gib or None
+        # A Kubernetes GPU type may declare what its training image offers (configs/locations.yaml).
+        has_flash, has_eetq = bool(extra.get("flash_attn")), bool(extra.get("eetq_kernels"))
+    else:
+        capacity, has_bf16, memory_gib, has_flash, has_eetq = None, False, None, False, False
+
+    gpus = v["gpus_per_node"]
+    where = ("this machine has" if detected else f"the {gpu_name} nodes of {location.name if location else '?'} have")
+    if gpus is None:
+        gpus = (capacity or 0) if is_local else 1
+    elif location and gpu is not None:
+        if gpus == 0 and not is_local:
+            refuse("gpus_per_node", f"0 (CPU only) only on location local; {location.name} is a Kubernetes location: "
+                                    f"1 to {capacity}", "location", "gpu_type")
+        elif capacity is not None and gpus > capacity:
+            if is_local and not detected:
+                reason = f"gpu_type {gpu_name} trains on the CPU; pick gpu_type auto to use this machine's GPUs"
+            else:
+                reason = f"{where} {capacity} GPU{'s' if capacity != 1 else ''}"
+            refuse("gpus_per_node", f"at most {capacity}: {reason}", "location", "gpu_type")
+            gpus = capacity
+    nodes = v["nodes"]
+    if nodes > 1 and is_local:
+        refuse("nodes", "more than 1 only on a Kubernetes location; local trains on this one machine", "location")
+        nodes = 1
+    device = "cuda" if gpus > 0 else "cpu"
+    total_gpus = nodes * gpus
+    world_size = nodes * max(1, gpus)
+
+    # -- precision --
+    compute = v["compute_type"]
+    if compute == "auto":
+        compute = ("bf16" if has_bf16 else "fp16") if device == "cuda" else "fp32"
+    elif gpu is not None or detected:
+        if compute in ("bf16", "pure_bf16") and device == "cpu":
+            refuse("compute_type", f"{compute} needs a GPU with bf16 and this job trains on the CPU; use fp32 or auto",
+                   "gpu_type", "gpus_per_node", "location")
+        elif compute in ("bf16", "pure_bf16") and not has_bf16:
+            refuse("compute_type", f"the GPU type {gpu_name} has no bf16; use fp16, fp32 or auto", "gpu_type", "location")
+        elif compute == "fp16" and device == "cpu":
+            refuse("compute_type", "fp16 needs a GPU and this job trains on the CPU; use fp32 or auto",
+                   "gpu_type", "gpus_per_node", "location")
+
+    # -- distributed strategy --
+    distributed = v["distributed"]
+    if distributed == "auto":
+        distributed = "zero3" if method == "full" and total_gpus > 1 else "ddp"
+    elif distributed != "ddp" and device == "cpu" and location:
+        refuse("distributed", f"{distributed} (DeepSpeed ZeRO) needs CUDA GPUs and this job trains on the CPU; "
+                              f"use ddp or auto", "gpu_type", "gpus_per_node", "location")
+
+    # -- booster --
+    booster = v["booster"]
+    if booster == "auto":
+        booster = "flash_attention_2" if device == "cuda" and has_flash and compute in HALF else "sdpa"
+    elif booster == "flash_attention_2" and location:
+        if device != "cuda" or compute not in HALF:
+            refuse("booster", f"flash_attention_2 needs fp16 or bf16 on a CUDA GPU; this job has compute_type "
+                              f"{compute} on the {'GPU' if device == 'cuda' else 'CPU'}; use auto (PyTorch SDPA)",
+                   "compute_type", "gpu_type", "gpus_per_node", "location")
+        elif detected and not has_flash:
+            refuse("booster", "the flash-attn package is not installed here, or the GPU is older than Ampere; "
+                              "use auto (PyTorch SDPA)", "gpu_type", "location")
+        elif not detected and not has_flash:
+            warnings.append(f"booster flash_attention_2: the training image of {v['location']} must have the "
+                            f"flash-attn package (configs/locations.yaml does not declare flash_attn for {gpu_name})")
+    elif booster == "unsloth" and location and total_gpus != 1:
+        refuse("booster", f"unsloth trains on exactly one GPU in total; this job has {nodes} node(s) × {gpus} GPU(s)",
+               "nodes", "gpus_per_node", "gpu_type", "location")
+    elif booster == "liger_kernel" and location and device != "cuda":
+        refuse("booster", "liger_kernel needs a CUDA GPU (its kernels are Triton kernels) and this job trains on "
+                          "the CPU", "gpu_type", "gpus_per_node", "location")
+
+    # -- quantization --
+    if v["quantization_bit"] != "none" and v["quantization_method"] == "eetq" and location:
+        if device != "cuda":
+            refuse("quantization_method", "eetq needs a CUDA GPU and this job trains on the CPU; use bnb (it also "
+                                          "runs on the CPU)", "gpu_type", "gpus_per_node", "location")
+        elif not has_eetq:
+            place = "on this machine" if detected else f"for {gpu_name} at {v['location']} (configs/locations.yaml " \
+                                                      f"declares no eetq_kernels)"
+            refuse("quantization_method", f"eetq's kernels are not available {place} without a model hub "
+                                          f"(transformers fetches {EETQ_KERNEL_REPO}); use bnb or hqq",
+                   "gpu_type", "location")
+
+    # -- defaults that depend on the method, stage or scheduler --
+    out = dict(v)
+    out.update(template=template, gpu_type=gpu_name, gpus_per_node=gpus, nodes=nodes, compute_type=compute,
+               distributed=distributed, booster=booster)
+    lora = method == "lora"
+    for name in ("lora_rank", "lora_alpha", "lora_dropout"):
+        out[name] = (v[name] if v[name] is not None else APPLIED_DEFAULTS[name]) if lora else None
+    if lora and out["lora_alpha"] is not None:
+        out["lora_alpha"] = float(out["lora_alpha"])
+    for name in ("loraplus_lr_ratio", "use_dora", "use_rslora", "export_merged"):
+        out[name] = v[name] if lora else None
+    if lora:
+        out["lora_target"] = v["lora_target"] or (list(model.lora_target) if model and model.lora_target else "all")
+    else:
+        out["lora_target"] = None
+    if method == "freeze":
+        out["freeze_trainable_layers"] = v["freeze_trainable_layers"] or APPLIED_DEFAULTS["freeze_trainable_layers"]
+        if model and model.num_layers and out["freeze_trainable_layers"] > model.num_layers:
+            refuse("freeze_trainable_layers", f"at most the {model.num_layers} layers {model.name} has", "base_model",
+                   value=out["freeze_trainable_layers"])
+    else:
+        out["freeze_trainable_layers"] = None
+    out["pref_loss"] = (v["pref_loss"] or APPLIED_DEFAULTS["pref_loss"]) if stage == "dpo" else None
+    out["pref_beta"] = (v["pref_beta"] or APPLIED_DEFAULTS["pref_beta"]) if stage in ("dpo", "kto") else None
+    out["packing"] = (v["packing"] if v["packing"] is not None else stage == "pt") if stage in ("pt", "sft") else False
+    for name in ("train_on_prompt", "mask_history"):
+        out[name] = bool(v[name]) if stage == "sft" else None
+    scheduler = v["lr_scheduler_type"]
+    out["min_lr_rate"] = (v["min_lr_rate"] or APPLIED_DEFAULTS["min_lr_rate"]) if scheduler == "cosine_with_min_lr" else None
+    out["decay_ratio"] = (v["decay_ratio"] or APPLIED_DEFAULTS["decay_ratio"]) if scheduler == "warmup_stable_decay" else None
+
+    # -- RoPE scaling: factor = ceil(cutoff_len / the model's positions) --
+    rope_factor = None
+    if model:
+        cutoff, positions = v["cutoff_len"], model.context_length
+        if v["rope_scaling"] != "none":
+            rope_factor = math.ceil(cutoff / positions)
+            if rope_factor <= 1:
+                warnings.append(f"rope_scaling {v['rope_scaling']!r} skipped: cutoff_len {cutoff} fits the {positions} "
+                                f"positions of {model.name}")
+                out["rope_scaling"], rope_factor = "none", None
+        elif cutoff > positions:
+            warnings.append(f"cutoff_len {cutoff} is longer than the {positions} positions {model.name} was trained "
+                            f"with; set rope_scaling (linear, dynamic, yarn or llama3) or a cutoff_len <= {positions}")
+
+    # -- extra_args: each key a field of the stage's TRL config --
+    if v["extra_args"] and "extra_args" not in skip:
+        try:
+            cls = _trl_config_class(stage, out["pref_loss"])
+        except ImportError:
+            warnings.append("extra_args keys not checked here (trl is not installed); the trainer checks them")
+        else:
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key, value in v["extra_args"].items():
+                if key not in known:
+                    refuse(f"extra_args.{key}", f"not a field of {cls.__name__} (the TRL config stage {stage} trains "
+                                                f"with); check the name in TRL's / transformers' TrainingArguments docs",
+                           "stage", value=value)
+
+    # -- GPU memory --
+    estimate: dict = {"gpu_memory_gib_per_process": None}
+    if model and device == "cuda":
+        estimate = estimate_gpu_memory(model, out, world_size)
+        estimate["gpu_memory_gib_available"] = memory_gib
+        need = estimate["gpu_memory_gib_per_process"]
+        if memory_gib and need > memory_gib:
+            refuse("gpu_type", f"this job needs about {need} GiB of GPU memory per process (estimate; parts in GiB: "
+                               f"{_parts(estimate['parts_gib'])}) but {'this machine' if detected else gpu_name}'s GPUs "
+                               f"have {memory_gib} GiB; use lora, quantization_bit 4, a smaller "
+                               f"per_device_train_batch_size or cutoff_len, or more GPUs with distributed zero3",
+                   "base_model", "location", "finetuning_method", "compute_type", "quantization_bit",
+                   "per_device_train_batch_size", "cutoff_len", "distributed", "gpus_per_node", "nodes",
+                   value=gpu_name)
+
+    resolved = {
+        "airtune_version": airtune.__version__,
+        "spec": out,
+        "model": _model_record(model, rope_factor),
+        "template": ({"name": template, "path": str(catalog.templates[template].path)}
+                     if template in catalog.templates else None),
+        "datasets": datasets,
+        "location": _location_record(location, gpu_name),
+        "runtime": {"nodes": nodes, "gpus_per_node": gpus, "world_size": world_size, "device": device,
+                    "processes_per_node": max(1, gpus), "gpu_type": gpu_name},
+        "parent": parent,
+        "reward_model": reward_model,
+        "estimate": estimate,
+        "warnings": warnings,
+    }
+    return resolved, errors
+
+
+def _parts(parts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in parts.items())
+
+
+def _model_record(model: ModelEntry | None, rope_factor: int | None) -> dict | None:
+    if model is None:
+        return None
+    return {"name": model.name, "family": model.family, "kind": model.kind, "template": model.template,
+            "context_length": model.context_length, "params_b": model.params_b, "num_layers": model.num_layers,
+            "hidden_size": model.hidden_size, "weights": model.weights(), "revision": model.revision,
+            "rope_factor": rope_factor}
+
+
+def _location_record(location: Location | None, gpu_name: str | None) -> dict | None:
+    if location is None:
+        return None
+    record = {k: v for k, v in location.raw.items() if k != "gpu_types"}
+    gpu = location.gpu_types.get(gpu_name) if gpu_name else None
+    record.update(name=location.name, kind=location.kind, gpu_quota=location.gpu_quota,
+                  connection_id=location.connection_id, namespace=location.namespace, image=location.image,
+                  gpu_type=dataclasses.asdict(gpu) if gpu else None)
+    return record
+
+
+def _earlier_job(field: str, v: dict, lookup: JobLookup, refuse, what: str) -> dict | None:
+    name = v[field]
+    record = lookup.get(name)
+    if record is None:
+        refuse(field, f"no job of this name; {what}")
+        return None
+    if record.get("state") != "finished":
+        refuse(field, f"that job has not finished (state: {record.get('state')}); {what}")
+        return None
+    spec = (record.get("resolved") or {}).get("spec") or {}
+    final_dir = record.get("final_dir")
+    if not final_dir or not Path(final_dir).exists():
+        refuse(field, f"its final weights are missing ({final_dir}); {what}")
+        return None
+    return {"name": name, "run_id": record.get("run_id"), "job_dir": record.get("job_dir"),
+            "stage": spec.get("stage"), "finetuning_method": spec.get("finetuning_method"),
+            "base_model": spec.get("base_model"), "template": spec.get("template"), "final_dir": final_dir,
+            "adapter": spec.get("finetuning_method") == "lora"}
+
+
+def _parent(v: dict, lookup: JobLookup, refuse) -> dict | None:
+    what = "a parent is a finished pt, sft, dpo, kto or grpo job with the same base_model"
+    parent = _earlier_job("parent_job", v, lookup, refuse, what)
+    if parent is None:
+        return None
+    ok = True
+    if parent["stage"] not in PARENT_STAGES:
+        refuse("parent_job", f"it is an {parent['stage']} job (a reward model: name it as reward_model instead); {what}")
+        ok = False
+    if v["base_model"] and parent["base_model"] != v["base_model"]:
+        refuse("parent_job", f"its base_model is {parent['base_model']!r}, this job's is {v['base_model']!r}; "
+                             f"they must be equal", "base_model")
+        ok = False
+    return parent if ok else None
+
+
+def _reward_model(v: dict, lookup: JobLookup, refuse) -> dict | None:
+    what = "reward_model names a finished rm job"
+    record = _earlier_job("reward_model", v, lookup, refuse, what)
+    if record is not None and record["stage"] != "rm":
+        refuse("reward_model", f"it is a {record['stage']} job; {what}")
+        return None
+    return record
