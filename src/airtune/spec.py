@@ -734,7 +734,7 @@ class FieldInfo:
         zh = lang == "zh"
         empty = ("，或留空" if zh else ", or empty") if not self.required else ""
         if self.kind in ("int", "float"):
-            word = ("整数" if self.kind == "int" else "数") if zh else ("an integer" if self.kind == "int" else "a number")
+            word = ("整数" if self.kind == "int" else "数值") if zh else ("an integer" if self.kind == "int" else "a number")
             limits = self.limits_text(lang)
             return f"{word} {limits}{empty}" if limits else f"{word}{empty}"
         if self.kind == "choice":
@@ -768,7 +768,7 @@ class FieldInfo:
             parts.append(f"默认：{default_text}。" if zh else f"Default: {default_text}.")
         if self.kind in ("int", "float") and self.limits_text():
             parts.append(f"允许范围：{self.accepted('zh')}。" if zh else f"Accepted: {self.accepted('en')}.")
-        return " ".join(p.strip() for p in parts if p)
+        return ("" if zh else " ").join(p.strip() for p in parts if p)
 
 
 def _num(x: float) -> str:

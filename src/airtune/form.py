@@ -1,0 +1,151 @@
+"""The job form: JobSpec fields as Airflow `Param`s, and a DAG run's conf back as a job mapping.
+
+`dag_params()` builds one Param per FORM.md field, in FORM.md's section order, from the field table
+in `airtune.spec`: title (the label), description (the help text with the seed's recommended range),
+section, default, and the JSON schema of the field's single-field rules (`spec.param_schema`), so
+Airflow itself refuses a bad single value when a run is triggered (the form shows the error; the
+REST API answers HTTP 400 naming the param). The enums of models, locations, templates, datasets and
+GPU types come from the catalog. Rules between fields are the validate task's (`airtune.resolve`).
+
+Airflow 3.3.2's trigger form has no per-section "collapsed" setting: it opens only its own default
+section ("Run Parameters") and shows every named section as a closed accordion item, marking in red
+a section that still lacks a required value. So all four FORM.md sections start closed there, and
+section 4 is last.
+
+Labels and help are English or Chinese: the `lang` argument, else `AIRTUNE_FORM_LANG` (en, zh).
+Cheap to import: spec and catalog only; Airflow's `Param` is imported inside `dag_params`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from airtune.spec import FIELDS, SECTIONS, FieldInfo, param_schema
+
+LANGS = ("en", "zh")
+
+
+def form_lang(lang: str | None = None) -> str:
+    """The form's language: the argument, else AIRTUNE_FORM_LANG, else English."""
+    chosen = (lang or os.environ.get("AIRTUNE_FORM_LANG") or "en").strip().lower()
+    chosen = {"zh-cn": "zh", "zh_cn": "zh", "cn": "zh", "chinese": "zh", "english": "en"}.get(chosen, chosen)
+    if chosen not in LANGS:
+        raise ValueError(f"AIRTUNE_FORM_LANG / lang: {chosen!r} is not accepted: one of {', '.join(LANGS)}")
+    return chosen
+
+
+def _default_label(f: FieldInfo, lang: str) -> str:
+    """How an empty select reads: '(default: cosine)'."""
+    described = f.default_zh if lang == "zh" else f.default_en
+    if described:
+        return f"（{described}）" if lang == "zh" else f"({described})"
+    if f.default is None:
+        return "（留空）" if lang == "zh" else "(empty)"
+    return f"（默认：{f.default}）" if lang == "zh" else f"(default: {f.default})"
+
+
+def _catalog_choices(catalog, f: FieldInfo, lang: str) -> tuple[list, dict]:
+    """(enum values, readable names) of a catalog field."""
+    zh = lang == "zh"
+    if f.catalog == "models":
+        return list(catalog.models), {
+            n: f"{n} ({m.family}, {m.kind}, {m.params_b:g}B, template {m.template})" for n, m in catalog.models.items()}
+    if f.catalog == "locations":
+        names = {}
+        for n, loc in catalog.locations.items():
+            if loc.is_local:
+                names[n] = f"{n}（本机）" if zh else f"{n} (this machine)"
+            else:
+                names[n] = f"{n} (Kubernetes: {loc.connection_id} / {loc.namespace})"
+        return list(catalog.locations), names
+    if f.catalog == "templates":
+        auto = "auto（模型自带的模版）" if zh else "auto (the model's own template)"
+        return ["auto", *catalog.templates], {"auto": auto}
+    if f.catalog == "datasets":
+        return list(catalog.datasets), {n: f"{n} ({d.kind}, {d.format})" for n, d in catalog.datasets.items()}
+    if f.catalog == "gpu_types":
+        values, names = [], {}
+        for loc in catalog.locations.values():
+            for g in loc.gpu_types.values():
+                if g.name in names:
+                    continue
+                values.append(g.name)
+                if loc.is_local:
+                    names[g.name] = f"{g.name} ({loc.name})"
+                else:
+                    bf16 = ("bf16" if g.bf16 else ("无bf16" if zh else "no bf16"))
+                    names[g.name] = f"{g.name} ({loc.name}: {g.gpus_per_node} × {g.memory_gib:g} GiB, {bf16})"
+        return values, names
+    raise AssertionError(f.catalog)
+
+
+def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
+    """One field's Param keyword arguments except the default: JSON schema + title, description, section."""
+    schema = param_schema(f.name)
+    labels: dict[str, str] = {}
+    if f.catalog:
+        values, labels = _catalog_choices(catalog, f, lang)
+        if f.kind == "names":
+            # A multi-select (Airflow shows one for an array with `examples`); each item from the catalog.
+            schema["items"] = {**schema["items"], "enum": values}
+            schema["examples"] = values
+        else:
+            schema["enum"] = values + ([None] if not f.required else [])
+    elif f.choices:
+        labels = {c: (f.choice_labels[c][1] if lang == "zh" else f.choice_labels[c][0])
+                  for c in f.choices if c in f.choice_labels}
+    if "enum" in schema or "examples" in schema:
+        if None in schema.get("enum", []):
+            labels["null"] = _default_label(f, lang)  # Airflow's select names the null option "null"
+        if labels:
+            schema["values_display"] = labels
+    section = SECTIONS[f.section - 1]
+    return {
+        **schema,
+        "title": f.label(lang),
+        "description": f.help(lang),
+        "section": section.title(lang),
+    }
+
+
+def dag_params(lang: str | None = None, catalog=None) -> dict:
+    """One Airflow Param per FORM.md field, in FORM.md's order (name -> airflow.sdk.Param)."""
+    from airflow.sdk import Param
+
+    from airtune.catalog import Catalog
+
+    lang = form_lang(lang)
+    catalog = catalog or Catalog.load()
+    params = {}
+    for f in FIELDS:
+        kwargs = field_schema(f, catalog, lang)
+        if f.required:
+            # No default: the form asks for a value, and a REST call without one is refused (HTTP 400).
+            params[f.name] = Param(**kwargs)
+        else:
+            params[f.name] = Param(_form_default(f), **kwargs)
+    return params
+
+
+def _form_default(f: FieldInfo) -> Any:
+    """What the form shows before the user types: the field's default (empty for 'auto-by-context' ones)."""
+    if isinstance(f.default, dict):
+        return dict(f.default)
+    return f.default
+
+
+def conf_to_mapping(params_or_conf: Mapping) -> dict:
+    """A DAG run's params / conf as the job mapping `spec.parse` takes: empty values dropped, so parse
+    applies the defaults (FORM.md: a value left empty means the default). Unknown keys are kept, so
+    parse refuses them."""
+    out = {}
+    for key, value in dict(params_or_conf).items():
+        if value is None:
+            continue
+        if isinstance(value, str) and not value.strip():
+            continue
+        if isinstance(value, (list, tuple, dict)) and len(value) == 0:
+            continue
+        out[key] = value
+    return out
