@@ -140,6 +140,7 @@ BAD = [
     ("quantization_bit", "3"), ("quantization_method", "gptq"), ("rope_scaling", "ntk"), ("booster", "deepspeed"),
     ("distributed", "fsdp"), ("logging_steps", 0), ("save_steps", 0), ("warmup_steps", -1),
     ("neftune_noise_alpha", -1), ("optimizer", "adam"), ("seed", -1), ("extra_args", "x"), ("extra_args", [1]),
+    ("extra_args", {"output_dir": "/tmp"}), ("extra_args", {"hub_token": "t"}), ("extra_args", {"optim": "sgd"}),
     ("lora_target", "q_proj; v_proj"), ("lora_target", ["all", "q_proj"]), ("use_dora", "maybe"), ("use_rslora", 1),
     ("freeze_trainable_layers", 0), ("pref_loss", "kl"), ("pref_beta", 0), ("packing", "x"),
     ("train_on_prompt", 2), ("mask_history", "x"), ("skip_bad_rows", "x"), ("save_total_limit", 0),

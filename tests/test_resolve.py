@@ -150,6 +150,10 @@ def test_kubernetes_gpu_types(catalog, gpu_type, compute, memory):
                             "processes_per_node": 1, "gpu_type": gpu_type}
     assert r["location"]["gpu_type"]["node_selector"]["nvidia.com/gpu.product"]
     assert r["location"]["namespace"] == "airtune"
+    # the whole locations.yaml entry: the Kubernetes launcher reads gpu_types[spec.gpu_type].node_selector
+    raw = catalog.locations["k8s-example"].raw
+    assert r["location"]["gpu_types"] == raw["gpu_types"] and r["location"]["storage"] == raw["storage"]
+    assert r["location"]["gpu_types"][r["spec"]["gpu_type"]]["node_selector"]
     assert r["estimate"]["gpu_memory_gib_available"] == memory
 
 

@@ -401,6 +401,11 @@ def test_param_schema_shapes():
     assert param_schema("base_model")["type"] == "string"
     assert "null" not in param_schema("dataset")["type"]
     assert param_schema("seed")["maximum"] == 2**32 - 1
+    extra = param_schema("extra_args")
+    jsonschema.validate({"weight_decay": 0.1, "adam_beta2": 0.95}, extra)
+    for key in ("output_dir", "report_to", "hub_model_id", "learning_rate", "optim"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({key: 1}, extra)
 
 
 # Not single-field for the schema: duplicates inside "a,a" text, and NaN (no JSON has it).

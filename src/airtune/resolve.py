@@ -560,7 +560,9 @@ def _model_record(model: ModelEntry | None, rope_factor: int | None) -> dict | N
 def _location_record(location: Location | None, gpu_name: str | None) -> dict | None:
     if location is None:
         return None
-    record = {k: v for k, v in location.raw.items() if k != "gpu_types"}
+    # The whole locations.yaml entry (the Kubernetes launcher reads its keys, gpu_types included),
+    # plus the name and the chosen GPU type.
+    record = json.loads(json.dumps(location.raw, default=str))
     gpu = location.gpu_types.get(gpu_name) if gpu_name else None
     record.update(name=location.name, kind=location.kind, gpu_quota=location.gpu_quota,
                   connection_id=location.connection_id, namespace=location.namespace, image=location.image,

@@ -834,6 +834,11 @@ def param_schema(field_name: str) -> dict:
             schema["maxLength"] = f.max_length
         if f.kind == "str" and f.required:
             schema["minLength"] = 1
+        if f.kind == "object":
+            # extra_args: the keys airtune sets itself, or a form field sets, are refused at trigger time too.
+            schema["propertyNames"] = {"not": {"anyOf": [
+                {"enum": sorted(EXTRA_ARGS_RESERVED | set(EXTRA_ARGS_FROM_FIELDS))},
+                {"pattern": "^(" + "|".join(EXTRA_ARGS_RESERVED_PREFIXES) + ")"}]}}
     if not f.required:
         schema["type"] = [*schema["type"], "null"]
         if "enum" in schema:
