@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from airtune.catalog import Catalog
 from airtune.resolve import format_errors, validate_mapping
 from airtune.spec import SpecError, parse, show_value
 
+REAL_DETECT = R.detect_hardware
 BASE = {"name": "demo-job", "base_model": "tiny-llama-dev", "dataset": "identity"}
 K8S = {"location": "k8s-example"}
 QWEN7 = {"base_model": "qwen2.5-7b-instruct"}
@@ -431,10 +433,26 @@ def test_resolve_takes_a_parsed_spec(catalog):
 
 def test_resolve_imports_stay_cheap():
     import subprocess
-    import sys
 
     code = ("import sys; from airtune.resolve import validate_mapping; "
             "validate_mapping({'name': 'a', 'base_model': 'tiny-llama-dev', 'dataset': 'identity'}); "
             "print([m for m in ('torch', 'transformers', 'trl', 'airflow', 'mlflow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_detect_hardware_reads_torch(monkeypatch):
+    """detect_hardware with a stand-in torch: two GPUs, one of them pre-Ampere (no FlashAttention-2)."""
+    import types
+
+    props = [types.SimpleNamespace(major=9, total_memory=80 * 2**30), types.SimpleNamespace(major=7, total_memory=16 * 2**30)]
+    cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                                 get_device_properties=lambda i: props[i], is_bf16_supported=lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(R.importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    hw = REAL_DETECT()
+    assert hw == {"cuda_devices": 2, "bf16": True, "flash_attn": False, "eetq": False, "gpu_memory_gib": 16.0}
+    props[1].major = 8
+    assert REAL_DETECT()["flash_attn"] is True
+    cuda.is_available = lambda: False
+    assert REAL_DETECT() == R.HARDWARE_KEYS

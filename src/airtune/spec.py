@@ -999,6 +999,8 @@ def _convert(f: FieldInfo, value: Any) -> Any:
 
 def _unknown_key_error(key: str, value: Any) -> FieldError:
     close = difflib.get_close_matches(str(key), list(FIELD_BY_NAME), n=1, cutoff=0.75)
+    if not close and len(str(key)) >= 4:  # 'epochs' -> num_train_epochs
+        close = [name for name in FIELD_BY_NAME if str(key).lower() in name][:1]
     hint = f"did you mean {close[0]!r}? " if close else ""
     return FieldError(str(key), value, f"unknown key; {hint}the accepted keys are FORM.md's: " + ", ".join(FIELD_BY_NAME))
 
