@@ -21,7 +21,7 @@ def dagbag(tmp_path_factory):
     os.environ.setdefault("AIRFLOW_HOME", str(home))
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(REPO / "dags"))
 
 
 def test_dags_import_without_errors(dagbag):
@@ -53,7 +53,7 @@ import sys, time, json
 t = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 t_airflow = time.perf_counter()
-bag = DagBag(dag_folder={str(REPO / 'dags')!r}, include_examples=False)
+bag = DagBag(dag_folder={str(REPO / 'dags')!r})
 t_parse = time.perf_counter()
 assert not bag.import_errors, bag.import_errors
 print(json.dumps({{"loaded": [m for m in {HEAVY!r} if m in sys.modules], "parse_s": t_parse - t_airflow}}))

@@ -16,7 +16,7 @@ from airtune import localstack, paths
 def _load_dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(paths.repo_root() / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(paths.repo_root() / "dags"))
     if dag_id not in bag.dags:
         errors = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
         raise RuntimeError(f"DAG {dag_id} not found in dags/:\n{errors}")
