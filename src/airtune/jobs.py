@@ -85,8 +85,9 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
             report += _cancel(dr, session)
         session.commit()
         run_ids = [(dr.dag_id, dr.run_id) for dr in runs]
+        locations = {(dr.conf or {}).get("location") or "local" for dr in runs}
 
-    report += _stop_processes(name)
+    report += _stop_processes(name, locations)
     report += delete_mlflow(name)
     for folder in (paths.workspace() / "jobs" / name, paths.airtune_home() / "prepare" / name):
         if folder.exists():
@@ -119,13 +120,26 @@ def _cancel(dr, session) -> list[str]:
     return [f"airflow: cancelled DAG run {dr.dag_id} / {dr.run_id} ({len(tis)} unfinished tasks marked failed)"]
 
 
-def _stop_processes(name: str) -> list[str]:
+def _stop_processes(name: str, locations: set[str]) -> list[str]:
+    """The job's training processes: local process groups, and Kubernetes objects through the
+    Kubernetes launcher's own clean-up (skipped when every trace says the job ran locally)."""
+    import json
+
     from airtune.launch import local
 
     out = []
-    for pid_file in (paths.workspace() / "jobs" / name).glob(f"*/{local.PID_FILE}"):
+    folder = paths.workspace() / "jobs" / name
+    for pid_file in folder.glob(f"*/{local.PID_FILE}"):
         if local.cleanup(pid_file.parent):
             out.append(f"local: stopped the training process group of {pid_file.parent.name}")
+    for spec in folder.glob("*/spec.json"):
+        try:
+            locations.add(json.loads(spec.read_text())["location"]["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            locations.add("unknown")
+    locations |= _mlflow_locations(name)
+    if locations <= {"local"}:  # every trace ran locally, or there is no trace of a run at all
+        return out
     try:
         from airtune.launch import kubernetes
     except ImportError:
@@ -135,6 +149,16 @@ def _stop_processes(name: str) -> list[str]:
         for line in cleanup(name) or []:
             out.append(f"kubernetes: {line}")
     return out
+
+
+def _mlflow_locations(name: str) -> set[str]:
+    from airtune import tracking
+
+    c = tracking.client()
+    exp = c.get_experiment_by_name(tracking.experiment_name(name))
+    if exp is None:
+        return set()
+    return {r.data.tags.get("airtune.location") or "unknown" for r in _all_runs(c, exp.experiment_id)}
 
 
 def _delete_task_logs(run_ids: list[tuple[str, str]]) -> list[str]:

@@ -98,7 +98,12 @@ def prepare_dataset(job: dict) -> dict:
     resolved = load_resolved(job)
     job_dir = Path(job["job_dir"])
     cache = paths.airtune_home() / "cache" / "prepared"
-    manifest = data.prepare(resolved, job_dir / "data", cache_dir=cache, log=log.info)
+    if resolved["location"].get("kind", "local") != "local":  # a CPU pod in the cluster does the work
+        from airtune.launch import kubernetes
+
+        manifest = kubernetes.prepare_in_cluster(job, resolved, echo=log.info)
+    else:
+        manifest = data.prepare(resolved, job_dir / "data", cache_dir=cache, log=log.info)
     figures = {}
     if hasattr(data, "training_figures"):
         figures = data.training_figures(manifest, resolved["spec"])
@@ -142,6 +147,23 @@ def train_local(job: dict) -> dict:
     return job
 
 
+def start_kubernetes_job(job: dict) -> dict:
+    """Setup of the several-machines branch: the headless Service its pods find each other through."""
+    from airtune.launch import kubernetes
+
+    return {**job, "service": kubernetes.create_service(job, load_resolved(job))}
+
+
+def teardown_kubernetes_job(job: dict | None) -> None:
+    """Teardown of the several-machines branch: the Job(s), their pods and the Service, however it ended."""
+    if not job:
+        return
+    from airtune.launch import kubernetes
+
+    for line in kubernetes.cleanup_run_objects(job):
+        log.info("%s", line)
+
+
 def register(job: dict) -> dict:
     """The MLflow side of a finished training (tracking.finish_run): metrics MLflow missed, every
     checkpoint, the best one registered with alias `best`, the curves and summary; safe to retry."""
@@ -171,6 +193,14 @@ def cleanup(job: dict | None, *, failed: bool = False) -> None:
 
     if local.cleanup(Path(job["job_dir"])):
         log.warning("stopped a training process group left behind in %s", job["job_dir"])
+    if job.get("launcher", "local") != "local":  # pods, Jobs, Services a killed worker left behind
+        try:
+            from airtune.launch import kubernetes
+
+            for line in kubernetes.cleanup_run_objects(job):
+                log.warning("left behind: %s", line)
+        except Exception as exc:
+            log.warning("could not clean up the Kubernetes objects of this run: %s", exc)
     if failed and job.get("mlflow_run_id"):
         try:
             from airtune import tracking
