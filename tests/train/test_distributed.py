@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +46,38 @@ def test_two_processes_match_one(tiny_model_dir, sft_data, tmp_path):
     steps = [r["step"] for r in metrics(two) if "loss" in r]
     assert steps == sorted(set(steps))
     assert proc.stdout.count("[airtune] done:") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", ["zero3"])  # zero2 and zero3_offload train too; left out for time
+def test_deepspeed_configs_train(tiny_model_dir, sft_data, tmp_path, distributed):
+    """configs/deepspeed/<distributed>.json through the Trainer (one CPU process under torchrun)."""
+    from .helpers import assert_adapter_trained, assert_loss_fell
+
+    job = make_job(tmp_path / "job", tiny_model_dir, sft_data, distributed=distributed, num_train_epochs=1, save_steps=4)
+    resolved = json.loads((job / "spec.json").read_text())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "airtune.train",
+           "--spec", str(job / "spec.json"), "--data", str(sft_data), "--output", str(job / "output")]
+    proc = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert resolved["spec"]["distributed"] == distributed
+    assert (job / "output" / "checkpoint-4").is_dir()
+    assert_loss_fell(job)
+    assert_adapter_trained(job / "output" / "final", tiny_model_dir)  # whole tensors, not ZeRO-3 shards
+
+
+def test_deepspeed_config_files_are_what_the_trainer_is_given(tiny_model_dir, tmp_path):
+    from airtune import paths
+    from airtune.train.args import ArgsError, map_spec
+    from .helpers import make_resolved
+
+    for name, stage in (("zero2", 2), ("zero3", 3), ("zero3_offload", 3)):
+        path = paths.config_dir() / "deepspeed" / f"{name}.json"
+        assert json.loads(path.read_text())["zero_optimization"]["stage"] == stage
+        mapped = map_spec(make_resolved(tiny_model_dir, distributed=name), output_dir=str(tmp_path), train_rows=32, has_eval=False)
+        assert mapped.config.deepspeed == str(path)
+    assert map_spec(make_resolved(tiny_model_dir), output_dir=str(tmp_path), train_rows=32, has_eval=False).config.deepspeed is None
+    resolved = make_resolved(tiny_model_dir, distributed="zero3")
+    resolved["runtime"]["world_size"] = 2
+    with pytest.raises(ArgsError, match="DeepSpeed on the CPU runs in one process"):
+        map_spec(resolved, output_dir=str(tmp_path), train_rows=32, has_eval=False)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from .helpers import assert_loss_fell, load_safetensors_dir, make_job, make_prepared_text, run_train
+import pytest
+
+from .helpers import assert_loss_fell, load_safetensors_dir, make_job, make_prepared_text, train_in_process
 
 
 def base_weights(model_dir):
     return load_safetensors_dir(model_dir)
 
 
+@pytest.mark.slow
 def test_freeze_trains_only_the_last_layers(tiny_model_dir, sft_data, tmp_path):
     import torch
 
     job = make_job(tmp_path / "job", tiny_model_dir, sft_data, finetuning_method="freeze", freeze_trainable_layers=1,
                    lora_rank=None, lora_alpha=None, lora_dropout=None, learning_rate=2e-3)
-    run_train(job, sft_data)
+    train_in_process(job, sft_data)
     assert_loss_fell(job)
     final = job / "output" / "final"
     assert not (final / "adapter_config.json").exists()
@@ -27,12 +30,13 @@ def test_freeze_trains_only_the_last_layers(tiny_model_dir, sft_data, tmp_path):
             assert torch.equal(trained[name], tensor), f"{name} changed but is frozen"
 
 
+@pytest.mark.slow
 def test_full_trains_every_weight(tiny_model_dir, sft_data, tmp_path):
     import torch
 
     job = make_job(tmp_path / "job", tiny_model_dir, sft_data, finetuning_method="full",
                    lora_rank=None, lora_alpha=None, lora_dropout=None, learning_rate=1e-3)
-    run_train(job, sft_data)
+    train_in_process(job, sft_data)
     assert_loss_fell(job, by=1.0)
     trained, base = load_safetensors_dir(job / "output" / "final"), base_weights(tiny_model_dir)
     assert trained.keys() == base.keys()
@@ -40,16 +44,17 @@ def test_full_trains_every_weight(tiny_model_dir, sft_data, tmp_path):
     assert not unchanged, unchanged
 
 
+@pytest.mark.slow
 def test_pt_on_packed_text(tiny_model_dir, tmp_path):
     data = make_prepared_text(tiny_model_dir, tmp_path / "text")
     job = make_job(tmp_path / "job", tiny_model_dir, data, stage="pt", dataset=["c4_demo"], packing=True,
                    per_device_train_batch_size=2, num_train_epochs=3)
-    run_train(job, data)
+    train_in_process(job, data)
     assert_loss_fell(job)
 
 
 def test_stage_mismatch_with_data_is_refused(tiny_model_dir, sft_data, tmp_path):
     job = make_job(tmp_path / "job", tiny_model_dir, sft_data, stage="pt")
-    proc = run_train(job, sft_data, check=False)
-    assert proc.returncode != 0 and "prepared for stage 'sft'" in (proc.stdout + proc.stderr)
+    with pytest.raises(SystemExit, match="prepared for stage 'sft'"):
+        train_in_process(job, sft_data)
 

@@ -18,6 +18,7 @@ def run(tmp_path, model_dir, data, **over):
     return job
 
 
+@pytest.mark.slow
 def test_dora(tiny_model_dir, sft_data, tmp_path):
     job = run(tmp_path, tiny_model_dir, sft_data, use_dora=True)
     assert_loss_fell(job)
@@ -25,12 +26,14 @@ def test_dora(tiny_model_dir, sft_data, tmp_path):
     assert any("lora_magnitude_vector" in k for k in state)
 
 
+@pytest.mark.slow
 def test_rslora(tiny_model_dir, sft_data, tmp_path):
     job = run(tmp_path, tiny_model_dir, sft_data, use_rslora=True)
     assert_loss_fell(job)
     assert json.loads((job / "output" / "final" / "adapter_config.json").read_text())["use_rslora"] is True
 
 
+@pytest.mark.slow
 def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate(tiny_model_dir, sft_data, tmp_path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -50,6 +53,7 @@ def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate(tiny_model_dir,
     assert_loss_fell(job)
 
 
+@pytest.mark.slow
 def test_neftune_adds_noise_in_training(tiny_model_dir, sft_data, sft_run, tmp_path):
     job = run(tmp_path, tiny_model_dir, sft_data, neftune_noise_alpha=1.0)  # noise ~ 1/sqrt(60*128): like the embeddings (std 0.02)
     res = assert_loss_fell(job, by=0.1)
@@ -58,6 +62,7 @@ def test_neftune_adds_noise_in_training(tiny_model_dir, sft_data, sft_run, tmp_p
     assert abs(res["train_loss_first"] - plain) > 1e-4, (res["train_loss_first"], plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,lr", [("adafactor", 5e-3), ("sgd", 0.5), ("adamw_torch_fused", 5e-3),
                                           ("adamw_8bit", 5e-3), ("lion_8bit", 1e-3)])
 def test_optimizers(tiny_model_dir, sft_data, tmp_path, optimizer, lr):
@@ -97,6 +102,7 @@ def test_every_scheduler_builds_from_the_spec(tiny_model_dir, tmp_path, schedule
         assert lrs[2:12] == pytest.approx([5e-3] * 10) and lrs[-1] < 1e-3  # decays over the last half
 
 
+@pytest.mark.slow
 def test_scheduler_and_warmup_in_a_run(tiny_model_dir, sft_data, tmp_path):
     job = run(tmp_path, tiny_model_dir, sft_data, lr_scheduler_type="cosine_with_min_lr", min_lr_rate=0.2, warmup_steps=2,
               logging_steps=1)
@@ -107,6 +113,7 @@ def test_scheduler_and_warmup_in_a_run(tiny_model_dir, sft_data, tmp_path):
     assert min(lrs[2:]) >= 1e-3 * 0.999 and lrs[-1] < 2e-3
 
 
+@pytest.mark.slow
 def test_qlora_4bit_bnb_on_cpu(tiny_model_dir, sft_data, tmp_path):
     pytest.importorskip("bitsandbytes")
     job = run(tmp_path, tiny_model_dir, sft_data, quantization_bit="4")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import make_job, make_prepared, make_resolved, run_train, train_cmd, train_env
+from .helpers import make_job, make_prepared, make_resolved, run_train, train_cmd, train_env, train_in_process
 
 
 def metrics(job: Path) -> list[dict]:
@@ -105,6 +105,22 @@ def test_final_loads_with_peft_and_generates(sft_run, tiny_model_dir):
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
+def test_export_merged_equals_base_plus_adapter(sft_run, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = json.loads((sft_run / "result.json").read_text())
+    merged_dir = sft_run / result["merged_dir"]
+    assert result["merged_dir"] == "output/merged" and (merged_dir / "spec.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(sft_run / "output" / "final")).eval()
+    ids = torch.arange(5, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_extra_args_unknown_key_fails_naming_it(tiny_model_dir, sft_data, tmp_path):
     job = make_job(tmp_path / "job", tiny_model_dir, sft_data, extra_args={"no_such_argument": 1})
     proc = run_train(job, sft_data, check=False)
@@ -133,12 +149,13 @@ def test_extra_args_mapping(tiny_model_dir, tmp_path):
     assert m.peft.target_modules == "all-linear" and m.peft.r == 8
 
 
+@pytest.mark.slow
 def test_packed_rows_train_padding_free(tiny_model_dir, tmp_path):
     """Packed rows (position_ids restarting per example) train without attention crossing examples."""
     data = make_prepared(tiny_model_dir, tmp_path / "packed", packing=True, cutoff=256)
     job = make_job(tmp_path / "job", tiny_model_dir, data, packing=True, cutoff_len=256,
                    per_device_train_batch_size=2, num_train_epochs=4, save_steps=100)
-    run_train(job, data)
+    train_in_process(job, data)
     result = json.loads((job / "result.json").read_text())
     assert math.isfinite(result["train_loss_last"])
     assert result["train_loss_last"] < result["train_loss_first"] - 0.5, result

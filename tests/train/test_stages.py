@@ -87,22 +87,22 @@ def reward_model(tiny_model_dir, pairs, tmp_path_factory):
 @pytest.mark.slow
 def test_grpo_against_a_trained_reward_model(tiny_model_dir, reward_model, tmp_path):
     """GRPO's loss is ~0 by construction (advantages are centred per group), so this test checks what
-    can be checked in 16 steps of a random tiny model: completions were sampled and scored by the
+    can be checked in 8 steps of a random tiny model: completions were sampled and scored by the
     reward model (rewards finite, spread within groups), gradients reached every LoRA matrix."""
     import json
     import math
 
     from .helpers import make_prepared_prompts, metrics
 
-    data = make_prepared_prompts(tiny_model_dir, tmp_path / "prompts")
+    data = make_prepared_prompts(tiny_model_dir, tmp_path / "prompts", repeat=1)
     job = make_job(tmp_path / "job", tiny_model_dir, data, stage="grpo", num_train_epochs=1, save_steps=100, logging_steps=1,
                    cutoff_len=32, val_size=0.0, extra_args={"max_completion_length": 16})
     spec = json.loads((job / "spec.json").read_text())
     spec["reward_model"] = {"name": "rm-job", "final_dir": str(reward_model)}
     (job / "spec.json").write_text(json.dumps(spec))
     result = train_in_process(job, data)
-    assert result["global_step"] == 16  # 16 prompts, 4 completions each, batch 4
+    assert result["global_step"] == 8  # 8 prompts, 4 completions each, batch 4
     rewards = [r for r in metrics(job) if "reward" in r]
-    assert len(rewards) == 16 and all(math.isfinite(r["reward"]) for r in rewards)
+    assert len(rewards) == 8 and all(math.isfinite(r["reward"]) for r in rewards)
     assert any(r["reward_std"] > 0.01 for r in rewards)  # completions of a group differ and are scored apart
     assert_adapter_trained(job / "output" / "final", tiny_model_dir)

@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     final = save_final(trainer, output, tokenizer=tokenizer, spec_path=args.spec)
     if trainer.is_world_process_zero():
         result = summarize(trainer.state, output, eval_loss)
+        if spec.get("export_merged") and spec["finetuning_method"] == "lora":
+            from airtune.train.export import export_merged
+
+            merged = export_merged(resolved, final, output, model_class=stage.model_class())
+            result["merged_dir"] = os.path.relpath(merged, output.parent)
+            log(f"merged weights in {merged}")
         result["runtime_s"] = round(time.monotonic() - started, 1)
         write_json_atomic(output.parent / "result.json", result)
         log(

@@ -122,6 +122,10 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     distributed = spec.get("distributed") or "ddp"
     deepspeed = None
     if distributed in ("zero2", "zero3", "zero3_offload"):
+        if on_cpu and world_size > 1:
+            # DeepSpeed's CPU accelerator does not join torchrun's gloo world (it sees world_size 1)
+            raise ArgsError(f"distributed {distributed!r} with {world_size} CPU processes: DeepSpeed on the CPU runs "
+                            "in one process only; use distributed 'ddp' for several CPU processes")
         from airtune import paths
 
         deepspeed = str(paths.config_dir() / "deepspeed" / f"{distributed}.json")
