@@ -146,3 +146,23 @@ def test_cache_hit_prepares_nothing(tiny_model_dir, tmp_path, monkeypatch):
                     cache_dir=tmp_path / "cache", log=lambda m: None)
     assert third["cached"] is False and third["content_hash"] != first["content_hash"]
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_sharegpt_function_calls_and_observations(tiny_model_dir, tokenizer, tmp_path):
+    """LLaMA-Factory's tool-call form: function_call and observation turns, tools as a JSON string."""
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    tools = [{"name": "get_weather", "description": "Weather of a city", "parameters": {"type": "object"}}]
+    row = {"conversations": [{"from": "human", "value": "Weather in Paris?"},
+                             {"from": "function_call", "value": json.dumps(call)},
+                             {"from": "observation", "value": "sunny"},
+                             {"from": "gpt", "value": "It is sunny."}],
+           "tools": json.dumps(tools)}
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps([row]))
+    out = tmp_path / "o"
+    m = prepare(resolved(tiny_model_dir, [dataset("t", "sharegpt", "sft", [path])]), out, log=lambda m: None)
+    (r,) = load_rows(out)
+    # chatml has no tool syntax: the call is written as JSON, the observation is a "tool" turn (not trained)
+    assert trained_text(tokenizer, r) == json.dumps(call) + IM_END + "It is sunny." + IM_END
+    assert "<|im_start|>tool\nsunny<|im_end|>" in tokenizer.decode(r["input_ids"])
+    assert any("does not render tool descriptions: 1 rows" in w for w in m["warnings"])

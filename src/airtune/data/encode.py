@@ -26,6 +26,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 IGNORE = -100
 
 
@@ -66,6 +68,7 @@ class Encoder:
         self.template_text = template_text
         self.compiled = _compile_jinja_template(template_text)
         self.special = dict(self.tokenizer.special_tokens_map)
+        self._globals = {**self.compiled.globals, **self.special}
         self.stage = stage
         self.cutoff_len = cutoff_len
         self.train_on_prompt = train_on_prompt
@@ -105,9 +108,15 @@ class Encoder:
         return out
 
     def render(self, messages: list[dict], tools=None, add_generation_prompt: bool = False) -> str:
+        """What `compiled.render(messages=..., **special_tokens)` gives (as apply_chat_template calls it),
+        with the template's globals laid into the context once instead of merged on every call (half the cost)."""
+        v = dict(self._globals)
+        v["messages"] = messages
+        v["tools"] = tools
+        v["documents"] = None
+        v["add_generation_prompt"] = add_generation_prompt
         try:
-            return self.compiled.render(messages=messages, tools=tools, documents=None,
-                                        add_generation_prompt=add_generation_prompt, **self.special)
+            return "".join(self.compiled.root_render_func(self.compiled.new_context(v, shared=True)))
         except Exception as exc:  # jinja2.TemplateError from raise_exception(), or a template bug
             raise TemplateRefused(f"the chat template refuses this conversation: {exc}") from None
 
@@ -253,36 +262,34 @@ class Encoder:
             first = examples[k]["messages"][0]
             if first["role"] == "system" and first["content"].strip() not in text:
                 results[k]["system_dropped"] = True  # Mistral's template writes it before the last user turn only
+            if examples[k].get("tools") and not self.handles_tools:
+                results[k]["tools_ignored"] = True
         return results
 
     def _label_sft(self, ids: list[int], turns: list[tuple[int, int, bool]], straddle: int) -> dict:
+        ids = np.array(ids, dtype=np.int32)
+        labels = ids.copy() if self.train_on_prompt else np.full(len(ids), IGNORE, dtype=np.int32)
         last = len(turns) - 1
-        if not self.train_on_prompt:
-            labels = [IGNORE] * len(ids)
-        else:
-            labels = list(ids)
         inserted = 0
-        ids = list(ids)
         for j, (ta, tb, ends) in enumerate(turns):
             ta, tb = ta + inserted, tb + inserted
-            trained = not (self.mask_history and j != last)
             if not ends and self.eos_id is not None:  # the template ends the turn with no token: add EOS
-                ids.insert(tb, self.eos_id)
-                labels.insert(tb, self.eos_id)
+                ids = np.insert(ids, tb, self.eos_id)
+                labels = np.insert(labels, tb, self.eos_id)
                 inserted += 1
                 tb += 1
-            if trained:
-                labels[ta:tb] = ids[ta:tb]
+            if self.mask_history and j != last:
+                labels[ta:tb] = IGNORE
             else:
-                labels[ta:tb] = [IGNORE] * (tb - ta)
+                labels[ta:tb] = ids[ta:tb]
         return self._truncate(ids, labels, straddle)
 
-    def _truncate(self, ids: list[int], labels: list[int], straddle: int = 0) -> dict:
+    def _truncate(self, ids: np.ndarray, labels: np.ndarray, straddle: int = 0) -> dict:
         n = len(ids)
         truncated = n > self.cutoff_len
         if truncated:
             ids, labels = ids[: self.cutoff_len], labels[: self.cutoff_len]
-        if all(x == IGNORE for x in labels):
+        if not (labels != IGNORE).any():
             return {"drop": "no_labels" if not truncated else "no_labels_after_truncation", "truncated": truncated}
         return {"ok": {"input_ids": ids, "labels": labels}, "truncated": truncated, "straddle": straddle, "tokens_before": n}
 
@@ -297,6 +304,7 @@ class Encoder:
         for ids in all_ids:
             if self.eos_id is not None:
                 ids = ids + [self.eos_id]
+            ids = np.array(ids, dtype=np.int32)
             # pt rows are cut into cutoff_len blocks when packing, so truncation is decided there
             out.append({"ok": {"input_ids": ids, "labels": ids}, "truncated": False, "straddle": 0, "tokens_before": len(ids)})
         return out

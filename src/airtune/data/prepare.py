@@ -180,15 +180,16 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
 _WORKER: dict = {}
 
 
-def _worker_init(weights, revision, template_text, enc_options):
-    """Build the process's encoder (forked workers inherit the parent's: loading a tokenizer costs seconds)."""
+def _worker_init(weights, revision, template_text, enc_options, fingerprint=""):
+    """Build the process's encoder (forked workers inherit the parent's: loading a tokenizer costs seconds).
+    It is kept for the next call with the same tokenizer (by content), template and options."""
     from airtune.data.encode import Encoder
 
-    current = _WORKER.get("encoder")
-    if current is not None and _WORKER.get("args") == (weights, revision, template_text, enc_options):
+    key = (weights, revision, fingerprint, template_text, enc_options)
+    if _WORKER.get("encoder") is not None and _WORKER.get("key") == key:
         return
     _WORKER["encoder"] = Encoder(weights, revision, template_text, **enc_options)
-    _WORKER["args"] = (weights, revision, template_text, enc_options)
+    _WORKER["key"] = key
 
 
 def _encode_chunk(examples: list[dict]):
@@ -204,7 +205,8 @@ def _encode_chunk(examples: list[dict]):
         if "ok" in r:
             status.append(0)
             rows.append(r["ok"])
-            meta.append((r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0), r.get("system_dropped", False)))
+            meta.append((r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0),
+                         r.get("system_dropped", False), r.get("tools_ignored", False)))
         elif "bad" in r:
             status.append(1)
             meta.append(r["bad"])
@@ -215,7 +217,9 @@ def _encode_chunk(examples: list[dict]):
     if rows:
         for key, value in rows[0].items():
             values = [row[key] for row in rows]
-            if isinstance(value, list) and (not value or isinstance(value[0], int)) and key.endswith(("ids", "labels")):
+            if isinstance(value, np.ndarray):
+                cols[key] = IntLists(np.concatenate(values), np.fromiter(map(len, values), dtype=np.int64, count=len(values)))
+            elif isinstance(value, list) and (not value or isinstance(value[0], int)) and key.endswith(("ids", "labels")):
                 cols[key] = IntLists.from_lists(values)
             else:
                 cols[key] = values
@@ -227,7 +231,8 @@ def _chunks(n: int, procs: int, min_size: int = 256) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def _encode_all(examples: list[dict], resolved: dict, options: dict, num_proc: int | None, log):
+def _encode_all(examples: list[dict], resolved: dict, options: dict, num_proc: int | None, log, timings: dict | None = None,
+                fingerprint: str = ""):
     import numpy as np
 
     from airtune.data.columns import IntLists
@@ -240,9 +245,13 @@ def _encode_all(examples: list[dict], resolved: dict, options: dict, num_proc: i
         num_proc = max(1, min(os.cpu_count() or 1, 8, len(examples) // ROWS_PER_PROCESS))
     num_proc = max(1, min(num_proc, max(1, len(examples) // 64)))
     spans = _chunks(len(examples), num_proc)
-    args = (model["weights"], model.get("revision"), template_text, enc_options)
+    args = (model["weights"], model.get("revision"), template_text, enc_options, fingerprint)
     t0 = time.time()
     _worker_init(*args)  # in this process: the manifest needs the tokenizer, and forked workers inherit it
+    if timings is not None:
+        timings["load_tokenizer"] = round(time.time() - t0, 3)
+        timings["processes"] = num_proc
+    t0 = time.time()
     if num_proc == 1:
         parts = [_encode_chunk(examples[a:b]) for a, b in spans]
     else:
@@ -466,8 +475,19 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     import numpy as np
 
     stage = options["stage"]
+    clock = [time.time()]
+    timings = {}
+
+    def lap(name):
+        now = time.time()
+        timings[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     examples, origins, errors, n_errors, stats = _load(resolved, options, log)
-    status, meta, cols = _encode_all(examples, resolved, options, num_proc, log) if examples else (np.zeros(0, np.int8), [], {})
+    lap("load_and_check")
+    status, meta, cols = _encode_all(examples, resolved, options, num_proc, log, timings, parts["tokenizer"]) if examples else (np.zeros(0, np.int8), [], {})
+    clock[0] += timings.get("load_tokenizer", 0.0)
+    lap("template_and_tokenize")
     # rows the template refuses are bad rows too
     for i in np.flatnonzero(status == 1):
         di, path, row = origins[i]
@@ -485,6 +505,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     truncated = sum(1 for i in ok if meta[i][0]) + sum(1 for i in np.flatnonzero(status == 2) if meta[i][1])
     straddle = sum(meta[i][1] for i in ok)
     system_dropped = sum(1 for i in ok if meta[i][3])
+    tools_ignored = sum(1 for i in ok if meta[i][4])
     if len(ok) == 0:
         detail = f" ({n_errors} failed their checks)" if n_errors else ""
         detail += f" ({sum(dropped.values())} had nothing to train on: {dropped})" if dropped else ""
@@ -502,6 +523,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
             else:
                 splits[name], t = _truncate_pt(splits[name], options["cutoff_len"])
                 truncated += t
+    lap("split_and_pack")
     tmp.mkdir(parents=True)
     # the template the rows were rendered with, beside them (the trainer and later jobs can read it back)
     shutil.copyfile(resolved["template"]["path"], tmp / TEMPLATE_FILE)
@@ -514,6 +536,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         rows[name] = len(ds)
         tokens[name], label_tokens[name] = _count_tokens(c, stage)
         columns[name] = list(ds.column_names)
+    lap("write")
     warnings = []
     if n_errors:
         warnings.append(f"skip_bad_rows: {n_errors} rows failed their checks and were skipped")
@@ -522,6 +545,9 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     if system_dropped:
         warnings.append(f"the template {resolved['template']['name']} left out the system message of {system_dropped} "
                         "rows (it writes a system message only before the last user turn, which training rows end after)")
+    if tools_ignored:
+        warnings.append(f"the template {resolved['template']['name']} does not render tool descriptions: "
+                        f"{tools_ignored} rows carry tools that the model will not see")
     if truncated:
         warnings.append(f"{truncated} rows were longer than cutoff_len {options['cutoff_len']} and were truncated")
     for w in warnings:
@@ -563,5 +589,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         "skipped_rows": n_errors,
         "boundary_tokens": int(straddle),
         "warnings": warnings,
+        "timings": timings,
+        "processes": timings.pop("processes", 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
