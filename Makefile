@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/airtune make-tiny-model >/dev/null
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	AIRTUNE_TEST_TINY_MODEL=$(AIRTUNE_HOME)/models/tiny-llama-dev $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

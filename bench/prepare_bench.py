@@ -1,0 +1,153 @@
+"""Preparation throughput: airtune against LLaMA-Factory's own preprocessing, same machine, same run.
+
+    bash bench/setup_llamafactory.sh          # once: LLaMA-Factory 0.9.5 in its own virtualenv
+    .venv/bin/python bench/prepare_bench.py [--rows 20000] [--repeats 3] [--workers 1 2]
+
+What is measured: an alpaca-format JSON file of `--rows` rows (LLaMA-Factory's alpaca_en_demo, repeated
+with a variant tag on the instruction so rows differ), the tiny model's tokenizer, template chatml,
+cutoff_len 512, SFT. Each tool runs in its own process on a cold cache (airtune: no prepare cache;
+LLaMA-Factory: a fresh datasets cache and overwrite_cache), writing its result to disk (airtune:
+train/ + manifest; LLaMA-Factory: `tokenized_path`), with the same number of processes and the fast
+tokenizer's threads pinned the same way for both (RAYON_NUM_THREADS, TOKENIZERS_PARALLELISM). Runs
+are interleaved (the order alternates each repeat) because these machines are shared; medians are
+quoted, and the ratio is what to compare.
+
+Two times per run: `processing`: load + check + template + tokenize + write, with the tokenizer
+already loaded (LLaMA-Factory: its `get_dataset` call; airtune: `prepare` less its tokenizer
+loading); `command`: the whole process, imports and tokenizer loading included.
+
+LLaMA-Factory is installed by bench/setup_llamafactory.sh into its own virtualenv (shared/BENCH-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "llamafactory-demo" / "alpaca_en_demo.json"
+
+
+def make_data(path: Path, rows: int) -> Path:
+    if path.exists():
+        return path
+    src = json.loads(DEMO.read_text())
+    out, variant = [], 0
+    while len(out) < rows:
+        for r in src[: rows - len(out)]:
+            tag = "" if variant == 0 else f" (variant {variant})"
+            out.append({"instruction": r["instruction"] + tag, "input": r["input"], "output": r["output"]})
+        variant += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, ensure_ascii=False))
+    return path
+
+
+def run_airtune(data: Path, model: Path, workers: int, cutoff: int, out: Path) -> dict:
+    """One airtune run, in this process (called in a fresh subprocess by the driver)."""
+    t0 = time.time()
+    from airtune.data import prepare
+
+    resolved = {
+        "spec": {"stage": "sft", "cutoff_len": cutoff, "packing": False, "val_size": 0.0, "seed": 42},
+        "model": {"weights": str(model), "revision": None},
+        "template": {"name": "chatml", "path": str(REPO / "configs" / "templates" / "chatml.jinja")},
+        "datasets": [{"name": "bench", "format": "alpaca", "kind": "sft", "files": [str(data)], "columns": {}, "tags": {}}],
+    }
+    t1 = time.time()
+    m = prepare(resolved, out, cache_dir=None, num_proc=workers, log=lambda msg: None)
+    seconds = time.time() - t1 - m["timings"].get("load_tokenizer", 0.0)
+    return {"tool": "airtune", "seconds": seconds, "setup_seconds": t1 - t0 + m["timings"].get("load_tokenizer", 0.0),
+            "rows": m["rows"]["train"], "tokens": m["tokens"]["train"], "workers": m["processes"], "timings": m["timings"]}
+
+
+def _one(cmd: list[str], env: dict) -> dict:
+    t = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.time() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["command_seconds"] = wall
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--cutoff", type=int, default=512)
+    p.add_argument("--rayon-threads", default="1", help="RAYON_NUM_THREADS for both tools")
+    p.add_argument("--tokenizers-parallelism", default="false", help="TOKENIZERS_PARALLELISM for both tools")
+    p.add_argument("--work", type=Path, default=REPO / ".airtune" / "bench" / "prepare")
+    p.add_argument("--lf-python", type=Path, default=REPO / ".airtune" / "bench" / "llamafactory-venv" / "bin" / "python")
+    p.add_argument("--json-out", type=Path, help="also write the results here")
+    p.add_argument("--airtune-run", nargs=5, metavar=("DATA", "MODEL", "WORKERS", "CUTOFF", "OUT"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.airtune_run:
+        data, model, workers, cutoff, out = a.airtune_run
+        print(json.dumps(run_airtune(Path(data), Path(model), int(workers), int(cutoff), Path(out))))
+        return 0
+
+    if not a.lf_python.exists():
+        raise SystemExit(f"LLaMA-Factory is not installed at {a.lf_python}: run bash bench/setup_llamafactory.sh")
+    from airtune.tinymodel import make_tiny_model
+
+    model = make_tiny_model(a.work / "tiny-llama-dev")
+    data = make_data(a.work / f"alpaca_{a.rows}.json", a.rows)
+    env = {**os.environ, "RAYON_NUM_THREADS": a.rayon_threads, "TOKENIZERS_PARALLELISM": a.tokenizers_parallelism,
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    results = []
+    for rep in range(a.repeats):
+        for workers in a.workers:
+            tools = ["airtune", "llamafactory"] if (rep + workers) % 2 == 0 else ["llamafactory", "airtune"]
+            for tool in tools:
+                out = a.work / "out" / f"{tool}-{workers}-{rep}"
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if tool == "airtune":
+                    cmd = [sys.executable, __file__, "--airtune-run", str(data), str(model), str(workers), str(a.cutoff), str(out)]
+                else:
+                    cmd = [str(a.lf_python), str(REPO / "bench" / "lf_prepare.py"), "--data", str(data), "--model", str(model),
+                           "--workers", str(workers), "--cutoff", str(a.cutoff), "--out", str(out)]
+                r = _one(cmd, env)
+                r["repeat"] = rep
+                results.append(r)
+                print(f"  {tool:12s} workers={workers} repeat={rep}: {r['seconds']:.2f} s processing, "
+                      f"{r['command_seconds']:.2f} s command, {r['rows']} rows, {r['tokens']} tokens", file=sys.stderr)
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+    summary = []
+    print(f"\n{a.rows} alpaca rows, tiny tokenizer, chatml, cutoff {a.cutoff}; RAYON_NUM_THREADS={a.rayon_threads} "
+          f"TOKENIZERS_PARALLELISM={a.tokenizers_parallelism}; medians of {a.repeats}")
+    print(f"{'workers':>7} {'tool':>12} {'rows/s':>9} {'tokens/s':>11} {'command s':>10}   ratio (airtune / LLaMA-Factory)")
+    for workers in a.workers:
+        med = {}
+        for tool in ("airtune", "llamafactory"):
+            rs = [r for r in results if r["tool"] == tool and r["workers"] == workers]
+            s = statistics.median(r["seconds"] for r in rs)
+            med[tool] = {"seconds": s, "rows_per_s": rs[0]["rows"] / s, "tokens_per_s": rs[0]["tokens"] / s,
+                         "command_seconds": statistics.median(r["command_seconds"] for r in rs), "tokens": rs[0]["tokens"]}
+        ratio = med["airtune"]["rows_per_s"] / med["llamafactory"]["rows_per_s"]
+        cmd_ratio = med["llamafactory"]["command_seconds"] / med["airtune"]["command_seconds"]
+        for tool in ("airtune", "llamafactory"):
+            m = med[tool]
+            print(f"{workers:>7} {tool:>12} {m['rows_per_s']:>9,.0f} {m['tokens_per_s']:>11,.0f} {m['command_seconds']:>10.1f}"
+                  + (f"   {ratio:.2f}x processing, {cmd_ratio:.2f}x whole command" if tool == "airtune" else ""))
+        summary.append({"workers": workers, **{t: med[t] for t in med}, "ratio": ratio, "command_ratio": cmd_ratio})
+    report = {"rows": a.rows, "cutoff_len": a.cutoff, "rayon_threads": a.rayon_threads,
+              "tokenizers_parallelism": a.tokenizers_parallelism, "repeats": a.repeats, "summary": summary, "runs": results}
+    if a.json_out:
+        a.json_out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({"summary": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
