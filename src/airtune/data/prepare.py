@@ -258,8 +258,19 @@ def _encode_all(examples: list[dict], resolved: dict, options: dict, num_proc: i
         import multiprocessing as mp
 
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(num_proc, initializer=_worker_init, initargs=args) as pool:
-            parts = pool.map(_encode_chunk, [examples[a:b] for a, b in spans], chunksize=1)
+        # The processes are the parallelism: a forked worker must not call into the tokenizer's thread
+        # pool, whose threads (started in this process by an earlier batch) do not survive the fork, so
+        # the worker would wait for them forever. The variable is read on every batch call.
+        saved = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            with mp.get_context(method).Pool(num_proc, initializer=_worker_init, initargs=args) as pool:
+                parts = pool.map(_encode_chunk, [examples[a:b] for a, b in spans], chunksize=1)
+        finally:
+            if saved is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
     log(f"rendered and tokenized {len(examples)} examples with {num_proc} process(es) in {time.time() - t0:.1f} s")
     status = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int8)
     meta = [m for p in parts for m in p[1]]
