@@ -54,5 +54,8 @@ constraints:
 clean:
 	rm -rf .airtune
 
+# The GPU training image (training_image/Dockerfile; BuildKit reads its Dockerfile.dockerignore).
+TRAIN_IMAGE ?= airtune-train:dev
 image:
-	docker build -f training_image/Dockerfile -t airtune-train:dev .
+	@command -v docker >/dev/null || { echo "make image: needs a Docker engine (docker build); none found" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -f training_image/Dockerfile -t $(TRAIN_IMAGE) .
