@@ -5,7 +5,8 @@
     operators.py  TrainPodOperator (one machine), TrainJobOperator (several): the DAG's train branches
     prepare.py    prepare_dataset as a CPU pod
     objects.py    the Job's headless Service, deleting a run's or a job's objects
-    render.py     `airtune render`: the objects a job would create
+    rendering.py  `airtune render`: the objects a job would create (a module name apart from
+                  the function `render` below, which the module would otherwise shadow)
     in_pod.py     what the prepare pod runs (inside the image; no Airflow there)
 
 This package is imported inside the training image too (`python -m airtune.launch.kubernetes.in_pod`),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 def render(resolved: dict, dag_id: str, run_id: str) -> list[dict]:
     """Every Kubernetes object the job would create on its location, as the API would receive them."""
-    from airtune.launch.kubernetes.render import render as _render
+    from airtune.launch.kubernetes.rendering import render as _render
 
     return _render(resolved, dag_id, run_id)
 

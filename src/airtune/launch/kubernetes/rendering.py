@@ -30,7 +30,7 @@ class _OfflineHook:
 
 def _quiet(op):
     """The operators log what they build at info level; `airtune render` prints YAML on stdout alone."""
-    quiet = logging.getLogger("airtune.launch.kubernetes.render.build")
+    quiet = logging.getLogger("airtune.launch.kubernetes.rendering.build")
     quiet.setLevel(logging.WARNING)
     op._cached_logger = quiet
     return op
