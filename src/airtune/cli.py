@@ -160,6 +160,25 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    """Every Kubernetes object the job would create on its location, as one YAML stream: built by the
+    operators' own code (airtune.launch.kubernetes.render), exactly as they would submit it."""
+    resolved = _validated(args.file)
+    if resolved is None:
+        return EXIT_INVALID
+    from airtune.launch import kubernetes, launcher_kind
+
+    if launcher_kind(resolved) == "local":
+        print(f"{args.file}: the job runs on location {resolved['location']['name']} (kind local): it creates no Kubernetes objects",
+              file=sys.stderr)
+        return 0
+    import yaml
+
+    objects = kubernetes.render(resolved, args.dag_id, args.run_id)
+    print(yaml.safe_dump_all(objects, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +212,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every job: state, progress, eval loss, registered versions")
     p.add_argument("--json", action="store_true", help="print one JSON array")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("render", help="print every Kubernetes object the job would create (pods, Job, Service) as YAML")
+    p.add_argument("file", help="job YAML (or - for standard input)")
+    p.add_argument("--dag-id", default="airtune_finetune", help="the DAG the run belongs to (default: airtune_finetune)")
+    p.add_argument("--run-id", default="manual__render", help="the DAG run id the names and labels are derived from")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
     p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")
