@@ -279,6 +279,23 @@ class Emulator:
         with self.lock:
             return b"".join(line for _, line in self.logs.get((ns, pod), [])).decode(errors="replace")
 
+    def api_verbs(self) -> set[tuple[str, str, str]]:
+        """(API group, resource[/subresource], RBAC verb) of every call made to the HTTP API so far:
+        what a Role must allow for the same calls on a cluster."""
+        out = set()
+        with self.lock:
+            calls = list(self.requests)
+        for method, path, watch in calls:
+            m = re.match(r"^/(api/v1|apis/batch/v1)(?:/namespaces/[^/]+)?/([a-z]+)(/[^/]+)?(/[a-z]+)?$", path)
+            if not m:
+                continue
+            group = "" if m.group(1) == "api/v1" else "batch"
+            named = m.group(3) is not None
+            verb = {"GET": ("get" if named else "watch" if watch else "list"), "POST": "create", "PATCH": "patch",
+                    "PUT": "update", "DELETE": "delete" if named else "deletecollection"}[method]
+            out.add((group, m.group(2) + (m.group(4) or ""), verb))
+        return out
+
     def running_processes(self) -> list[tuple[str, str]]:
         with self.lock:
             return [k for k, v in self.procs.items() if v["proc"].poll() is None]
@@ -287,7 +304,7 @@ class Emulator:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
         with self.lock:
-            self.requests.append((request.method, path))
+            self.requests.append((request.method, path, _bool(request.query.get("watch"))))
         try:
             if path == "/version":
                 return web.json_response({"major": "1", "minor": "37", "gitVersion": "v1.37.0-emulator", "platform": "linux/amd64"})
