@@ -14,24 +14,23 @@ The train branches (choose_launcher picks one when the run starts, from the job'
                            Job, deferrable) ─► teardown (Job and Service deleted, however it ended)
 For a Kubernetes location, prepare_dataset runs its work in a CPU pod in the cluster.
 
-This file stays thin and quick to parse: the work happens in `airtune.pipeline`, imported inside
-the tasks (no torch, transformers, datasets or mlflow at parse time).
+The train tasks take their location's Airflow pool (docs/capacity.md). This file stays thin and
+quick to parse: the graph is built by `airtune.job_graph`, the work happens in `airtune.pipeline`,
+imported inside the tasks (no torch, transformers, datasets or mlflow at parse time).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
 # The Kubernetes train branches are the cncf.kubernetes provider's operators; importing them costs
 # ~0.7 s (the kubernetes clients). The DAG processor imports the `airflow.*` modules a DAG file names
 # once, before it forks a parser per file (parsing_pre_import_modules): hence this line.
 import airflow.providers.cncf.kubernetes.operators.job  # noqa: F401, E402
-from airflow.sdk import TaskGroup
 
-from airtune import form
-from airtune.launch.kubernetes.operators import TrainJobOperator, TrainPodOperator
+from airtune import form, job_graph
 
 DAG_ID = "airtune_finetune"
 
@@ -49,72 +48,8 @@ DAG_ID = "airtune_finetune"
     max_active_tasks=8,
 )
 def airtune_finetune():
-    @task(retries=0)  # a job that is not valid stays not valid: no retry, fail in seconds
-    def validate() -> dict:
-        from airtune import pipeline
-
-        ctx = get_current_context()
-        return pipeline.validate(dict(ctx["params"]), dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"])
-
-    @task
-    def prepare_dataset(job: dict) -> dict:
-        from airtune import pipeline
-
-        return pipeline.prepare_dataset(job)
-
-    @task.branch
-    def choose_launcher(job: dict) -> str:
-        return f"train_{job['launcher']}"
-
-    @task(retries=2)  # a retry resumes from the newest checkpoint in the job folder
-    def train_local(job: dict) -> dict:
-        from airtune import pipeline
-
-        return pipeline.train_local(job)
-
-    @task(task_id="start")
-    def start_kubernetes_job(job: dict) -> dict:
-        from airtune import pipeline
-
-        return pipeline.start_kubernetes_job(job)
-
-    @task(task_id="teardown")
-    def teardown_kubernetes_job(job: dict) -> None:
-        from airtune import pipeline
-
-        pipeline.teardown_kubernetes_job(job)
-
-    @task(trigger_rule="none_failed_min_one_success", retries=2)
-    def register(job: dict) -> dict:
-        from airtune import pipeline
-
-        return pipeline.register(job)
-
-    @task(retries=0)
-    def cleanup() -> None:
-        from airtune import pipeline
-
-        ctx = get_current_context()
-        job = ctx["ti"].xcom_pull(task_ids="validate")
-        pipeline.cleanup(job, failed=not ctx["ti"].xcom_pull(task_ids="register"))
-
-    job = validate()
-    prepared = prepare_dataset(job)
-    branch = choose_launcher(prepared)
-    trained_local = train_local(prepared)
-    branch >> trained_local
-    # retries: a new pod (or Job) resumes from the newest checkpoint in the job folder
-    trained_pod = TrainPodOperator(task_id="train_kubernetes_pod", airtune_job=prepared, retries=2)
-    with TaskGroup("train_kubernetes_job", tooltip="several machines: Service, indexed Job, teardown") as trained_job:
-        started = start_kubernetes_job(prepared)
-        trained = TrainJobOperator(task_id="train", airtune_job=prepared, retries=2)
-        started >> trained >> teardown_kubernetes_job(prepared).as_teardown(setups=started)
-    branch >> [trained_pod, trained_job]
-    registered = register(prepared)
-    trained_local >> registered
-    [trained_pod, trained_job] >> registered
-    # A teardown: it runs however the run ends, and does not decide the run's state.
-    registered >> cleanup().as_teardown(setups=job)
+    # The graph is airtune.job_graph's, shared with the retraining DAGs (dags/airtune_retrain.py).
+    job_graph.build_job_graph()
 
 
 airtune_finetune()

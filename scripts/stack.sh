@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export AIRTUNE_HOME=${AIRTUNE_HOME:-$PWD/.airtune}
 eval "$($BIN/python -c 'from airtune import localstack; import shlex; print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in localstack.environment().items()))')"
+# deploy/airflow_local_settings.py: the policy that gives each train task its location's pool slots
+export PYTHONPATH="$PWD/deploy${PYTHONPATH:+:$PYTHONPATH}"
 RUN=$AIRTUNE_HOME/run
 LOGS=$AIRTUNE_HOME/logs
 mkdir -p "$RUN" "$LOGS" "$AIRTUNE_HOME/mlflow"
@@ -29,7 +31,7 @@ wait_http() {  # url, seconds
 case "${1:-up}" in
   up)
     $BIN/python -c 'from airtune import localstack; localstack.ensure_airflow_db()'
-    $BIN/airflow pools set airtune_local 1 "airtune: local training, one job at a time" >/dev/null 2>&1 || true
+    $BIN/python -m airtune.pools  # one pool per location of configs/locations.yaml (airtune.pools)
     echo "Starting airtune's embedded stack:"
     start mlflow $BIN/mlflow server --host 127.0.0.1 --port 5000 \
       --backend-store-uri "$MLFLOW_TRACKING_URI" --default-artifact-root "$AIRTUNE_HOME/mlflow/artifacts"

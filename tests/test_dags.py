@@ -27,6 +27,9 @@ def dagbag(tmp_path_factory):
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
     assert "airtune_finetune" in dagbag.dags
+    # dags/airtune_retrain.py: one DAG per file of configs/jobs/ (tests/test_retrain.py has the rest)
+    jobs = sorted(p.stem for p in (REPO / "configs" / "jobs").glob("*.yaml"))
+    assert jobs and all(f"airtune_retrain__{j}" in dagbag.dags for j in jobs)
 
 
 def test_every_dag_has_tags_and_retries(dagbag):
@@ -56,6 +59,7 @@ t_airflow = time.perf_counter()
 bag = DagBag(dag_folder={str(REPO / 'dags')!r})
 t_parse = time.perf_counter()
 assert not bag.import_errors, bag.import_errors
+assert any(d.startswith("airtune_retrain__") for d in bag.dags), sorted(bag.dags)  # the retraining DAG file too
 print(json.dumps({{"loaded": [m for m in {HEAVY!r} if m in sys.modules], "parse_s": t_parse - t_airflow}}))
 """
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
