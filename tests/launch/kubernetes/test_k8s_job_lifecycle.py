@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import NS
+from conftest import DAG_ID, NS, RUN_ID
 
 
 def _op(job):
@@ -52,6 +52,16 @@ def test_two_indexed_pods_meet_and_train_then_teardown_leaves_nothing(cluster, c
     cmd = pods[0]["spec"]["containers"][0]["command"]
     assert "--node_rank=$(JOB_COMPLETION_INDEX)" in cmd
     assert f"--master_addr={created_job['metadata']['name']}-0.{service}" in cmd
+
+    # what the operator and the setup task submitted is what `airtune render` prints
+    from airtune.launch.kubernetes import render
+
+    rendered = render(json.loads((Path(job["job_dir"]) / "spec.json").read_text()), DAG_ID, RUN_ID)
+    assert [o["kind"] for o in rendered] == ["Pod", "Service", "Job"]
+    assert created_job["spec"] == rendered[2]["spec"]
+    assert created_job["metadata"]["labels"] == rendered[2]["metadata"]["labels"]
+    [created_service] = cluster.created("services")
+    assert created_service["spec"] == rendered[1]["spec"] and created_service["metadata"]["name"] == rendered[1]["metadata"]["name"]
 
     assert cluster.emu.get("jobs", NS, created_job["metadata"]["name"]) is not None  # kept for the teardown
     done = _teardown(job)
