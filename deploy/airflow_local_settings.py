@@ -1,9 +1,10 @@
 """Airflow cluster policy for airtune: each train task takes its location's pool and one slot per GPU.
 
 Install: put this file where every Airflow component imports it, i.e. on the PYTHONPATH of the
-api-server, the scheduler, the dag-processor and the workers (`scripts/stack.sh` adds deploy/ to
-PYTHONPATH; the Helm values and docker-compose mount it as $AIRFLOW_HOME/config/airflow_local_settings.py,
-a folder Airflow puts on sys.path itself). Airflow loads `airflow_local_settings` at start-up.
+api-server, the scheduler, the dag-processor and the workers. `scripts/stack.sh` (make up) adds
+deploy/ to PYTHONPATH; a container deployment mounts or copies it to
+$AIRFLOW_HOME/config/airflow_local_settings.py, a folder Airflow puts on sys.path itself. Airflow
+loads `airflow_local_settings` at start-up and logs "Loaded airflow_local_settings from ...".
 
 Why a hook: Airflow fixes a task's pool and pool_slots when the DAG is parsed, but airtune_finetune
 learns its location and GPU count only from each run's conf. `task_instance_mutation_hook` runs
