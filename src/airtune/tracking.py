@@ -66,6 +66,12 @@ def client():
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # MLflow's own code makes clients of its own from the process-wide URI (the registry's
+    # create_model_version looks the logged model up that way): keep that URI the same as ours.
+    import mlflow
+
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

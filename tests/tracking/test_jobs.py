@@ -20,6 +20,11 @@ def k8s_calls(tmp_path, monkeypatch):
     fake = types.ModuleType("airtune.launch.kubernetes")
     fake.cleanup_job_objects = lambda name: calls.append(name) or [f"deleted pod {name}-train-0"]
     monkeypatch.setitem(sys.modules, "airtune.launch.kubernetes", fake)
+    # `from airtune.launch import kubernetes` reads the package's attribute first, set once the real
+    # module has been imported (the DAG file imports it): replace that too.
+    import airtune.launch
+
+    monkeypatch.setattr(airtune.launch, "kubernetes", fake, raising=False)
     return calls
 
 
