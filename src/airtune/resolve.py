@@ -379,8 +379,9 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
         gpus = (capacity or 0) if is_local else 1
     elif location and gpu is not None:
         if gpus == 0 and not is_local:
+            accepted = f"1 to {capacity}" if capacity else f"1 or more, on a gpu_type with GPUs ({gpu_name} declares none)"
             refuse("gpus_per_node", f"0 (CPU only) only on location local; {location.name} is a Kubernetes location: "
-                                    f"1 to {capacity}", "location", "gpu_type")
+                                    f"{accepted}", "location", "gpu_type")
         elif capacity is not None and gpus > capacity:
             if is_local and not detected:
                 reason = f"gpu_type {gpu_name} trains on the CPU; pick gpu_type auto to use this machine's GPUs"
