@@ -102,7 +102,7 @@ def _int_or(value: Any, default: int) -> int:
         return default
 
 
-def gpus_of(mapping: Mapping, catalog: Catalog | None = None) -> int:
+def gpus_of(mapping: Mapping) -> int:
     """The GPUs a job (a flat FORM.md mapping, not yet resolved) trains on: nodes x gpus_per_node.
 
     An empty gpus_per_node means every GPU of the machine on local (at most one job runs there
@@ -120,7 +120,7 @@ def train_slots(mapping: Mapping, catalog: Catalog | None = None) -> tuple[str, 
     location = mapping.get("location") or "local"
     if not isinstance(location, str) or location not in catalog.locations:
         return None
-    return pool_name(location), min(gpus_of(mapping, catalog), pool_size(location, catalog))
+    return pool_name(location), min(gpus_of(mapping), pool_size(location, catalog))
 
 
 def main(argv: list[str] | None = None) -> int:
