@@ -36,9 +36,11 @@ case "${1:-up}" in
     start mlflow $BIN/mlflow server --host 127.0.0.1 --port 5000 \
       --backend-store-uri "$MLFLOW_TRACKING_URI" --default-artifact-root "$AIRTUNE_HOME/mlflow/artifacts"
     start api-server $BIN/airflow api-server --host 127.0.0.1 --port 8080
-    start scheduler $BIN/airflow scheduler
+    # --skip-serve-logs: Airflow's log servers listen on every interface (no host setting); here
+    # the api-server reads the task logs from the same disk.
+    start scheduler $BIN/airflow scheduler --skip-serve-logs
     start dag-processor $BIN/airflow dag-processor
-    start triggerer $BIN/airflow triggerer
+    start triggerer $BIN/airflow triggerer --skip-serve-logs
     wait_http http://127.0.0.1:8080/api/v2/monitor/health 120
     wait_http http://127.0.0.1:5000/health 60
     pw=$($BIN/python -c 'import json,os,sys; p=os.path.join(os.environ["AIRFLOW_HOME"],"simple_auth_manager_passwords.json.generated"); print(json.load(open(p)).get("admin","?"))' 2>/dev/null || echo "see $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated")
