@@ -1,0 +1,353 @@
+"""What the jobs page shows, gathered from Airflow's metadata database (the api-server's own
+session), MLflow (airtune.status) and the job folders (the resolved spec, metrics, checkpoints).
+
+Runs inside the api-server: Airflow is configured already, so this module uses the server's ORM
+session (`airflow.utils.session.create_session`) rather than airtune.jobs.airflow_session, which
+configures an ORM of its own (right for the CLI, wrong inside a running server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airtune import paths
+
+FINETUNE_DAG = "airtune_finetune"
+ACTIVE = ("queued", "running")
+LOG_LINES = 200
+_plot_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe; FastAPI serves from a thread pool
+
+
+class NotFound(LookupError):
+    pass
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def duration_seconds(start: str | None, end: str | None, state: str | None) -> float | None:
+    """End minus start; for an active run, now minus start."""
+    s = _parse_time(start)
+    if s is None:
+        return None
+    e = _parse_time(end) or (datetime.now(timezone.utc) if state in ACTIVE else None)
+    return max(0.0, (e - s).total_seconds()) if e else None
+
+
+# --- Airflow -------------------------------------------------------------------------------------
+
+def _job_name(dag_id: str, conf: dict) -> str | None:
+    from airtune import jobs
+
+    if conf.get("name"):
+        return str(conf["name"])
+    if dag_id.startswith(jobs.RETRAIN_PREFIX):
+        return dag_id.removeprefix(jobs.RETRAIN_PREFIX)
+    return None
+
+
+def airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]], dict[tuple, dict]]:
+    """({job name: [DAG run, ...]} in airtune.status's shape, {(dag_id, run_id): conf})."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    runs: dict[str, list[dict]] = {}
+    confs: dict[tuple, dict] = {}
+    with create_session() as session:
+        for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
+            conf = dr.conf or {}
+            name = _job_name(dr.dag_id, conf)
+            if not name or (names is not None and name not in names):
+                continue
+            runs.setdefault(name, []).append({
+                "dag_id": dr.dag_id,
+                "dag_run_id": dr.run_id,
+                "state": str(getattr(dr.state, "value", dr.state)),
+                "start": _iso(dr.start_date or dr.queued_at),
+                "end": _iso(dr.end_date),
+            })
+            confs[(dr.dag_id, dr.run_id)] = conf
+    return runs, confs
+
+
+def task_instances(dag_id: str, run_id: str) -> list[dict]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from airtune import status
+
+    out = []
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id).all()
+        for ti in tis:
+            state = str(getattr(ti.state, "value", ti.state)) if ti.state is not None else None
+            out.append({
+                "task_id": ti.task_id,
+                "map_index": ti.map_index,
+                "state": state,
+                "try_number": ti.try_number,
+                "start": _iso(ti.start_date),
+                "end": _iso(ti.end_date),
+                "duration_s": ti.duration,
+                "pool": ti.pool,
+                "url": f"{status.airflow_run_url(dag_id, run_id)}/tasks/{ti.task_id}",
+            })
+    # the order things happened; tasks that have not started last, in the graph's order of ids
+    out.sort(key=lambda t: (t["start"] is None, t["start"] or "", t["task_id"]))
+    return out
+
+
+def log_tail(dag_id: str, run_id: str, task_id: str | None = None, lines: int = LOG_LINES) -> dict:
+    """The last `lines` lines of a task's log (its newest try), read as Airflow's log API reads it.
+
+    Without `task_id`: the running task, else the one that started last.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.log.log_reader import TaskLogReader
+    from airflow.utils.session import create_session
+    from sqlalchemy.orm import joinedload
+
+    with create_session() as session:
+        q = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        tis = q.options(joinedload(TaskInstance.dag_run)).all()
+        started = [ti for ti in tis if ti.start_date is not None and ti.try_number]
+        if task_id:
+            chosen = [ti for ti in tis if ti.task_id == task_id]
+            if not chosen:
+                raise NotFound(f"task {task_id!r} of run {run_id!r}: no such task; tasks: {', '.join(sorted(t.task_id for t in tis))}")
+            ti = chosen[0]
+        else:
+            running = [ti for ti in started if str(getattr(ti.state, "value", ti.state)) == "running"]
+            pool = running or started
+            ti = max(pool, key=lambda t: t.start_date) if pool else None
+        if ti is None or not ti.try_number:
+            return {"task_id": ti.task_id if ti else None, "try_number": 0, "lines": [], "truncated": False}
+        reader = TaskLogReader()
+        stream, _ = reader.read_log_chunks(ti, ti.try_number, {"download_logs": True})
+        text = [_format_log(m) for m in (stream if not isinstance(stream, (str, bytes)) else [stream])]
+    flat = [line for chunk in text for line in chunk.splitlines()]
+    return {"task_id": ti.task_id, "try_number": ti.try_number, "lines": flat[-lines:], "truncated": len(flat) > lines}
+
+
+def _format_log(m) -> str:
+    if isinstance(m, (str, bytes)):
+        return m.decode(errors="replace") if isinstance(m, bytes) else m
+    if isinstance(m, dict):
+        d = m
+    else:
+        d = {**(getattr(m, "model_extra", None) or {}), "timestamp": getattr(m, "timestamp", None), "event": getattr(m, "event", "")}
+    ts = d.get("timestamp")
+    ts = ts.strftime("%H:%M:%S") if hasattr(ts, "strftime") else (str(ts)[11:19] if ts else "")
+    level = str(d.get("level") or "").upper()
+    event = str(d.get("event", ""))
+    return " ".join(x for x in (ts, level, event) if x)
+
+
+# --- MLflow and the job folders ------------------------------------------------------------------
+
+def _mlflow_names() -> set[str]:
+    try:
+        from airtune import tracking
+
+        c = tracking.client()
+        names = set()
+        for exp in c.search_experiments(filter_string="name LIKE 'airtune/%'", max_results=1000):
+            job = exp.name.removeprefix("airtune/")
+            if "/" not in job and ".deleted-" not in job:
+                names.add(job)
+        return names
+    except Exception:
+        return set()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_folder(name: str, run_id: str | None) -> Path | None:
+    if not run_id:
+        return None
+    folder = paths.job_dir(name, run_id)
+    return folder if folder.is_dir() else None
+
+
+def _summary_spec(name: str, run: dict, confs: dict) -> dict:
+    """base model, method, stage of a run: its resolved spec, else the conf it was triggered with."""
+    folder = job_folder(name, run.get("dag_run_id"))
+    resolved = _read_json(folder / "spec.json") if folder else None
+    spec = (resolved or {}).get("spec") or confs.get((run.get("dag_id"), run.get("dag_run_id"))) or {}
+    return {
+        "base_model": spec.get("base_model"),
+        "finetuning_method": spec.get("finetuning_method") or ("lora" if spec else None),
+        "stage": spec.get("stage") or ("sft" if spec else None),
+    }
+
+
+def _best_metric(info: dict, latest: dict) -> dict | None:
+    """The registered best version's eval loss, else the newest run's eval loss, else its loss."""
+    model = info.get("registered_model") or {}
+    best = next((v for v in model.get("versions", []) if v["version"] == model.get("best_version")), None)
+    if best and best.get("eval_loss") not in (None, ""):
+        try:
+            return {"name": "eval_loss", "value": float(best["eval_loss"]), "source": f"version {best['version']}"}
+        except ValueError:
+            pass
+    metrics = latest.get("metrics") or {}
+    for key in ("eval_loss", "loss"):
+        if isinstance(metrics.get(key), (int, float)):
+            return {"name": key, "value": float(metrics[key]), "source": "latest run"}
+    return None
+
+
+def _row(name: str, runs: dict, confs: dict) -> dict:
+    from airtune import status
+
+    info = status.status(name, _airflow=(runs, None))
+    latest = info["runs"][0] if info["runs"] else {}
+    return {
+        "name": name,
+        "state": latest.get("state") or "—",
+        **_summary_spec(name, latest, confs),
+        "start": latest.get("start"),
+        "end": latest.get("end"),
+        "duration_s": duration_seconds(latest.get("start"), latest.get("end"), latest.get("state")),
+        "best_metric": _best_metric(info, latest),
+        "runs": len(info["runs"]),
+        "registered_versions": len((info.get("registered_model") or {}).get("versions", [])),
+        "progress": latest.get("progress") or {},
+        "airflow_url": latest.get("airflow_url"),
+        "mlflow_url": latest.get("mlflow_url"),
+        "errors": info["errors"],
+    }
+
+
+def job_rows() -> list[dict]:
+    """One row per job that Airflow, MLflow or the workspace knows, newest start first."""
+    runs, confs = airflow_runs()
+    names = set(runs) | _mlflow_names()
+    jobs_dir = paths.workspace() / "jobs"
+    if jobs_dir.is_dir():
+        names |= {p.name for p in jobs_dir.iterdir() if p.is_dir()}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # a few MLflow calls per job
+        rows = list(pool.map(lambda n: _row(n, runs, confs), sorted(names)))
+    rows.sort(key=lambda r: r["start"] or "", reverse=True)
+    return rows
+
+
+def _checkpoints(folder: Path | None, run: dict) -> list[dict]:
+    """The run's checkpoints on disk (result.json's list once it is written), the best one marked."""
+    if folder is None:
+        return []
+    result = _read_json(folder / "result.json") or {}
+    best_name = (run.get("best_checkpoint") or {}).get("name") or Path(str(result.get("best_checkpoint") or "")).name
+    names = [Path(str(c)).name for c in result.get("checkpoints") or []]
+    out_dir = folder / "output"
+    if out_dir.is_dir():
+        names += [p.name for p in out_dir.glob("checkpoint-*") if p.is_dir()]
+        if (out_dir / "final").is_dir():
+            names.append("final")
+    seen, out = set(), []
+    for n in sorted(set(names), key=lambda n: (n == "final", int(n.split("-")[-1]) if n.split("-")[-1].isdigit() else 0)):
+        if n in seen:
+            continue
+        seen.add(n)
+        out.append({"name": n, "path": str(out_dir / n), "on_disk": (out_dir / n).is_dir(), "best": n == best_name})
+    return out
+
+
+def job_detail(name: str, run_id: str | None = None) -> dict:
+    from airtune import status
+
+    runs, confs = airflow_runs({name})
+    info = status.status(name, _airflow=(runs, None))
+    if not info["exists"]:
+        raise NotFound(f"no job named {name!r}")
+    run = next((r for r in info["runs"] if r.get("dag_run_id") == run_id), None) if run_id else None
+    if run_id and run is None:
+        raise NotFound(f"job {name!r} has no run {run_id!r}; runs: {', '.join(str(r.get('dag_run_id')) for r in info['runs'])}")
+    run = run or (info["runs"][0] if info["runs"] else {})
+    folder = job_folder(name, run.get("dag_run_id"))
+    resolved = _read_json(folder / "spec.json") if folder else None
+    result = _read_json(folder / "result.json") if folder else None
+    tasks = task_instances(run["dag_id"], run["dag_run_id"]) if run.get("dag_id") and run.get("dag_run_id") else []
+    conf = confs.get((run.get("dag_id"), run.get("dag_run_id"))) or {}
+    return {
+        "name": name,
+        "run": {**run, "duration_s": duration_seconds(run.get("start"), run.get("end"), run.get("state"))},
+        "runs": [{"dag_id": r.get("dag_id"), "dag_run_id": r.get("dag_run_id"), "state": r.get("state"), "start": r.get("start")}
+                 for r in info["runs"]],
+        "resolved": resolved,
+        "spec": (resolved or {}).get("spec") or conf,
+        "spec_is_resolved": bool(resolved),
+        "tasks": tasks,
+        "result": result,
+        "checkpoints": _checkpoints(folder, run),
+        "has_metrics": bool(folder and (folder / "metrics.jsonl").is_file()),
+        "registered_model": info["registered_model"],
+        "experiment": info["experiment"],
+        "folder": str(folder) if folder else None,
+        "errors": info["errors"],
+    }
+
+
+def curves_png(name: str, run_id: str) -> bytes:
+    """The loss and learning-rate curves of one run, drawn from its metrics.jsonl as it stands now."""
+    import tempfile
+
+    from airtune import tracking_report
+
+    folder = job_folder(name, run_id)
+    metrics = folder / "metrics.jsonl" if folder else None
+    if metrics is None or not metrics.is_file():
+        raise NotFound(f"job {name!r} run {run_id!r}: no metrics yet")
+    records = []
+    for line in metrics.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # the trainer is writing that line right now
+    with _plot_lock, tempfile.TemporaryDirectory() as tmp:
+        out = tracking_report.curves_png(records, Path(tmp) / "curves.png", title=f"{name} · {run_id}")
+        if out is None:
+            raise NotFound(f"job {name!r} run {run_id!r}: no loss logged yet")
+        return out.read_bytes()
+
+
+# --- delete ----------------------------------------------------------------------------------------
+
+def delete(name: str, *, force: bool) -> tuple[int, str, str]:
+    """`airtune delete NAME --yes [--force]` in a process of its own (it opens its own connections to
+    Airflow's database and MLflow), pointed at this server's database and log folder."""
+    from airflow.configuration import conf
+
+    env = dict(os.environ)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = conf.get("database", "sql_alchemy_conn")
+    env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = conf.get("logging", "base_log_folder")
+    cmd = [sys.executable, "-m", "airtune.cli", "delete", name, "--yes"] + (["--force"] if force else [])
+    started = time.monotonic()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout, p.stderr + ("" if p.returncode == 0 else f"\n(exit {p.returncode} after {time.monotonic() - started:.0f} s)")
