@@ -87,7 +87,9 @@ def test_compose_airflow_uses_fab_localexecutor_and_airtune_image():
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api-server:8080/execution/"
     assert services["mlflow"]["build"]["dockerfile"] == "deploy/mlflow/Dockerfile"
     init = services["airflow-init"]["command"][-1]
-    assert "airflow db migrate" in init and "airflow users create" in init and "pools set" in init
+    assert "airflow db migrate" in init and "airflow users create" in init and "python -m airtune.pools" in init
+    mounts = [str(m) for m in services["scheduler"]["volumes"]]
+    assert "./deploy/airflow_local_settings.py:/opt/airflow/config/airflow_local_settings.py:ro" in mounts
 
 
 def test_every_compose_secret_is_a_required_env_reference():
@@ -363,13 +365,11 @@ def test_helm_dags_and_catalog_from_git_sync():
     assert env_of(v)["AIRTUNE_CONFIG_DIR"] == "/opt/airflow/dags/repo/configs"
 
 
-def test_helm_pools_match_locations_yaml():
+def test_helm_pools_come_from_locations_yaml():
+    """The migrate job sizes the pools with airtune's own command, from the image's locations.yaml."""
     script = values()["migrateDatabaseJob"]["args"][-1]
     assert script.startswith("airflow db migrate &&")
-    pools = {name: int(slots) for name, slots in re.findall(r"airflow pools set (\S+) (\d+) ", script)}
-    assert "--include-deferred" in script and script.count("--include-deferred") == len(pools)
-    expected = {f"airtune_{name}": int(loc.get("gpu_quota") or 1) for name, loc in locations().items()}
-    assert pools == expected
+    assert "AIRTUNE_CONFIG_DIR=/opt/airtune/configs python -m airtune.pools" in script
 
 
 def test_helm_external_postgres_and_secrets_by_name_only():
