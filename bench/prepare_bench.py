@@ -23,35 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "llamafactory-demo" / "alpaca_en_demo.json"
-
-
-def make_data(path: Path, rows: int) -> Path:
-    if path.exists():
-        return path
-    src = json.loads(DEMO.read_text())
-    out, variant = [], 0
-    while len(out) < rows:
-        for r in src[: rows - len(out)]:
-            tag = "" if variant == 0 else f" (variant {variant})"
-            out.append({"instruction": r["instruction"] + tag, "input": r["input"], "output": r["output"]})
-        variant += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, ensure_ascii=False))
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LF_PYTHON, REPO, last_json_line, make_alpaca, medians, order, pinned_env, ratio, run_measured  # noqa: E402
 
 
 def run_airtune(data: Path, model: Path, workers: int, cutoff: int, out: Path) -> dict:
     """One airtune run, in this process (called in a fresh subprocess by the driver)."""
     t0 = time.time()
+    import datasets  # noqa: F401  imported before the clock starts, as LLaMA-Factory's run has it imported
+    import transformers  # noqa: F401
+
     from airtune.data import prepare
 
     resolved = {
@@ -64,18 +50,34 @@ def run_airtune(data: Path, model: Path, workers: int, cutoff: int, out: Path) -
     m = prepare(resolved, out, cache_dir=None, num_proc=workers, log=lambda msg: None)
     seconds = time.time() - t1 - m["timings"].get("load_tokenizer", 0.0)
     return {"tool": "airtune", "seconds": seconds, "setup_seconds": t1 - t0 + m["timings"].get("load_tokenizer", 0.0),
-            "rows": m["rows"]["train"], "tokens": m["tokens"]["train"], "workers": m["processes"], "timings": m["timings"]}
+            "rows": m["rows"]["train"], "tokens": m["tokens"]["train"], "workers": workers, "processes": m["processes"],
+            "timings": m["timings"]}
 
 
-def _one(cmd: list[str], env: dict) -> dict:
-    t = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    wall = time.time() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["command_seconds"] = wall
+def _one(cmd: list[str], env: dict, log: Path) -> dict:
+    m = run_measured(cmd, env, log)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if m["rc"] != 0:
+        raise SystemExit(f"failed ({m['rc']}): {' '.join(cmd)}\n{text[-4000:]}")
+    result = last_json_line(text)
+    result["command_seconds"] = m["wall_s"]
+    result["peak_rss_bytes"] = m["peak_rss_bytes"]
     return result
+
+
+def summarize(runs: list[dict], workers_list: list[int]) -> list[dict]:
+    """Medians per (tool, workers) and the ratio airtune / LLaMA-Factory of the processing rates."""
+    med = medians(runs, ("tool", "workers"), ("seconds", "command_seconds", "rows", "tokens"))
+    out = []
+    for w in workers_list:
+        row = {"workers": w}
+        for tool in ("airtune", "llamafactory"):
+            m = med[(tool, w)]
+            row[tool] = {**m, "rows_per_s": m["rows"] / m["seconds"], "tokens_per_s": m["tokens"] / m["seconds"]}
+        row["ratio"] = ratio(row["airtune"]["rows_per_s"], row["llamafactory"]["rows_per_s"])
+        row["command_ratio"] = ratio(row["llamafactory"]["command_seconds"], row["airtune"]["command_seconds"])
+        out.append(row)
+    return out
 
 
 def main() -> int:
@@ -87,8 +89,9 @@ def main() -> int:
     p.add_argument("--rayon-threads", default="1", help="RAYON_NUM_THREADS for both tools")
     p.add_argument("--tokenizers-parallelism", default="false", help="TOKENIZERS_PARALLELISM for both tools")
     p.add_argument("--work", type=Path, default=REPO / ".airtune" / "bench" / "prepare")
-    p.add_argument("--lf-python", type=Path, default=REPO / ".airtune" / "bench" / "llamafactory-venv" / "bin" / "python")
-    p.add_argument("--json-out", type=Path, help="also write the results here")
+    p.add_argument("--model", type=Path, help="tokenizer folder (default: the tiny model, built if missing)")
+    p.add_argument("--lf-python", type=Path, default=LF_PYTHON)
+    p.add_argument("--json-out", type=Path, help="also write every run and the summary here")
     p.add_argument("--airtune-run", nargs=5, metavar=("DATA", "MODEL", "WORKERS", "CUTOFF", "OUT"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.airtune_run:
@@ -100,50 +103,40 @@ def main() -> int:
         raise SystemExit(f"LLaMA-Factory is not installed at {a.lf_python}: run bash bench/setup_llamafactory.sh")
     from airtune.tinymodel import make_tiny_model
 
-    model = make_tiny_model(a.work / "tiny-llama-dev")
-    data = make_data(a.work / f"alpaca_{a.rows}.json", a.rows)
-    env = {**os.environ, "RAYON_NUM_THREADS": a.rayon_threads, "TOKENIZERS_PARALLELISM": a.tokenizers_parallelism,
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    results = []
+    model = make_tiny_model(a.model)  # $AIRTUNE_HOME/models/tiny-llama-dev unless --model
+    data = make_alpaca(a.work / f"alpaca_{a.rows}.json", a.rows)
+    env = pinned_env(a.rayon_threads, a.tokenizers_parallelism)
+    runs = []
     for rep in range(a.repeats):
         for workers in a.workers:
-            tools = ["airtune", "llamafactory"] if (rep + workers) % 2 == 0 else ["llamafactory", "airtune"]
-            for tool in tools:
+            for tool in order(["airtune", "llamafactory"], rep, workers):
                 out = a.work / "out" / f"{tool}-{workers}-{rep}"
-                subprocess.run(["rm", "-rf", str(out)], check=True)
+                shutil.rmtree(out, ignore_errors=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if tool == "airtune":
                     cmd = [sys.executable, __file__, "--airtune-run", str(data), str(model), str(workers), str(a.cutoff), str(out)]
                 else:
                     cmd = [str(a.lf_python), str(REPO / "bench" / "lf_prepare.py"), "--data", str(data), "--model", str(model),
                            "--workers", str(workers), "--cutoff", str(a.cutoff), "--out", str(out)]
-                r = _one(cmd, env)
+                r = _one(cmd, env, a.work / "logs" / f"{tool}-{workers}-{rep}.log")
                 r["repeat"] = rep
-                results.append(r)
+                runs.append(r)
                 print(f"  {tool:12s} workers={workers} repeat={rep}: {r['seconds']:.2f} s processing, "
-                      f"{r['command_seconds']:.2f} s command, {r['rows']} rows, {r['tokens']} tokens", file=sys.stderr)
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-    summary = []
+                      f"{r['command_seconds']:.2f} s command, {r['rows']} rows, {r['tokens']} tokens", file=sys.stderr, flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+    summary = summarize(runs, a.workers)
     print(f"\n{a.rows} alpaca rows, tiny tokenizer, chatml, cutoff {a.cutoff}; RAYON_NUM_THREADS={a.rayon_threads} "
           f"TOKENIZERS_PARALLELISM={a.tokenizers_parallelism}; medians of {a.repeats}")
     print(f"{'workers':>7} {'tool':>12} {'rows/s':>9} {'tokens/s':>11} {'command s':>10}   ratio (airtune / LLaMA-Factory)")
-    for workers in a.workers:
-        med = {}
+    for row in summary:
         for tool in ("airtune", "llamafactory"):
-            rs = [r for r in results if r["tool"] == tool and r["workers"] == workers]
-            s = statistics.median(r["seconds"] for r in rs)
-            med[tool] = {"seconds": s, "rows_per_s": rs[0]["rows"] / s, "tokens_per_s": rs[0]["tokens"] / s,
-                         "command_seconds": statistics.median(r["command_seconds"] for r in rs), "tokens": rs[0]["tokens"]}
-        ratio = med["airtune"]["rows_per_s"] / med["llamafactory"]["rows_per_s"]
-        cmd_ratio = med["llamafactory"]["command_seconds"] / med["airtune"]["command_seconds"]
-        for tool in ("airtune", "llamafactory"):
-            m = med[tool]
-            print(f"{workers:>7} {tool:>12} {m['rows_per_s']:>9,.0f} {m['tokens_per_s']:>11,.0f} {m['command_seconds']:>10.1f}"
-                  + (f"   {ratio:.2f}x processing, {cmd_ratio:.2f}x whole command" if tool == "airtune" else ""))
-        summary.append({"workers": workers, **{t: med[t] for t in med}, "ratio": ratio, "command_ratio": cmd_ratio})
+            m = row[tool]
+            print(f"{row['workers']:>7} {tool:>12} {m['rows_per_s']:>9,.0f} {m['tokens_per_s']:>11,.0f} {m['command_seconds']:>10.1f}"
+                  + (f"   {row['ratio']:.2f}x processing, {row['command_ratio']:.2f}x whole command" if tool == "airtune" else ""))
     report = {"rows": a.rows, "cutoff_len": a.cutoff, "rayon_threads": a.rayon_threads,
-              "tokenizers_parallelism": a.tokenizers_parallelism, "repeats": a.repeats, "summary": summary, "runs": results}
+              "tokenizers_parallelism": a.tokenizers_parallelism, "repeats": a.repeats, "summary": summary, "runs": runs}
     if a.json_out:
+        a.json_out.parent.mkdir(parents=True, exist_ok=True)
         a.json_out.write_text(json.dumps(report, indent=2))
     print(json.dumps({"summary": summary}))
     return 0

@@ -3,8 +3,15 @@
 Rows hold `input_ids` and `labels` (-100 on prompt tokens), so the loss is on the response tokens only.
 SFTTrainer is told to skip its own dataset preparation (`skip_prepare_dataset`, set in args.py): it
 neither re-tokenizes nor re-masks. With packing, each row also holds `position_ids` restarting at
-each example; they become the `seq_lengths` TRL's padding-free collator reads, so attention never
-crosses examples.
+each example, so attention never crosses examples:
+
+- with flash-attention 2, they become the `seq_lengths` TRL's padding-free collator reads: the batch
+  is one row, and the varlen kernel attends within each example at no cost for the others;
+- otherwise (SDPA, eager: the CPU, or a GPU without flash-attention) each packed row stays a row of
+  its own (`PackedRowsCollator`), with its position_ids and no attention mask, and transformers builds a
+  block-diagonal causal mask per row from them. Attention then costs batch x cutoff_len^2, where one
+  padding-free row of batch x cutoff_len tokens under a dense mask costs (batch x cutoff_len)^2: on the
+  tiny model on 2 CPU cores that is ~3x the throughput of the padding-free row (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -24,6 +31,54 @@ def with_seq_lengths(dataset):
     return dataset.map(lengths, batched=True, desc="example lengths of packed rows")
 
 
+class PackedRowsCollator:
+    """Packed rows padded to the batch's longest row: input_ids, labels (-100 on padding), position_ids
+    restarting at each example (from `seq_lengths`, the column TRL keeps; the padding a run of its own), no
+    attention mask; and `num_real_tokens`, the tokens that are not padding,
+    which `PackedRowsSFTTrainer` counts (TRL would count the padded length of one row)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        positions = torch.arange(width, dtype=torch.long).repeat(len(examples), 1)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(e["labels"], dtype=torch.long)
+            positions[i, :n] = torch.cat([torch.arange(k, dtype=torch.long) for k in e["seq_lengths"]])
+            positions[i, n:] = torch.arange(width - n, dtype=torch.long)  # restarts at 0: its own block
+        labels[positions == 0] = -100  # an example's first token is no target of the one before (as TRL's collator)
+        real = sum(len(e["input_ids"]) for e in examples)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions,
+                "num_real_tokens": torch.tensor(real, dtype=torch.long)}
+
+
+def _packed_rows_trainer_class():
+    from trl import SFTTrainer
+
+    class PackedRowsSFTTrainer(SFTTrainer):
+        """SFTTrainer, with the non-padding token count (`num_tokens`) of PackedRowsCollator's batches.
+        TRL counts `position_ids.size(1)` for a batch without an attention mask (one padding-free row);
+        this replaces that count with the real one (TRL is pinned exactly: `_total_train_tokens`)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            real = inputs.pop("num_real_tokens", None)
+            before = self._total_train_tokens
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if real is not None and self._total_train_tokens != before:  # counted: a training step
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum().item())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    return PackedRowsSFTTrainer
+
+
 def model_class():
     from transformers import AutoModelForCausalLM
 
@@ -33,13 +88,19 @@ def model_class():
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
     from trl import SFTTrainer
 
+    trainer_class, collator = SFTTrainer, None
     if "position_ids" in train.column_names:
         train = with_seq_lengths(train)
         if validation is not None and "position_ids" in validation.column_names:
             validation = with_seq_lengths(validation)
-    return SFTTrainer(
+        if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
+            config.padding_free = False  # each packed row a row of its own (module docstring)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            trainer_class, collator = _packed_rows_trainer_class(), PackedRowsCollator(pad)
+    return trainer_class(
         model=model,
         args=config,
+        data_collator=collator,
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,

@@ -1,0 +1,73 @@
+"""One LLaMA-Factory SFT LoRA run on the tiny model, for bench/train_bench.py; run with LLaMA-Factory's
+virtualenv (bench/setup_llamafactory.sh).
+
+    python bench/lf_train.py --model DIR --data alpaca_en_demo.json --out DIR [--packing] [--steps 25] ...
+
+It calls `llamafactory.train.tuner.run_exp`, which is what `llamafactory-cli train cfg.yaml` runs in
+one CPU process, and prints one JSON line: the non-padding tokens trained (transformers'
+`include_num_input_tokens_seen: non_padding`, the attention mask summed over the batches trained),
+the trainer's `train_runtime` and the first and last loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def lf_args(a, dataset_dir: Path, output_dir: Path) -> dict:
+    """BENCH-NOTES' reference setup, as LLaMA-Factory's arguments."""
+    return {
+        "model_name_or_path": str(a.model), "trust_remote_code": False,
+        "stage": "sft", "do_train": True, "finetuning_type": "lora",
+        "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "lora_dropout": 0.0, "lora_target": "all",
+        "dataset": "bench", "dataset_dir": str(dataset_dir), "template": "chatml", "cutoff_len": a.cutoff,
+        "packing": bool(a.packing), "overwrite_cache": True, "preprocessing_num_workers": None,
+        "per_device_train_batch_size": a.batch, "gradient_accumulation_steps": 1, "max_steps": a.steps,
+        "learning_rate": a.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0, "seed": 42,
+        "disable_gradient_checkpointing": not a.gradient_checkpointing,
+        "include_num_input_tokens_seen": "non_padding",
+        "logging_steps": 1, "save_strategy": "no", "report_to": "none", "plot_loss": False,
+        "output_dir": str(output_dir), "overwrite_output_dir": True, "dataloader_num_workers": 0,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="an alpaca-format JSON file")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--packing", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="LLaMA-Factory's default; off is faster here")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--cutoff", type=int, default=512)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1.0e-4)
+    a = p.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    dataset_dir = Path(tempfile.mkdtemp(prefix="lf-data-", dir=a.out))
+    (dataset_dir / a.data.name).symlink_to(a.data.resolve())
+    (dataset_dir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": a.data.name}}))
+    import os
+
+    os.environ["HF_DATASETS_CACHE"] = str(a.out / "hf-cache")
+    from llamafactory.train.tuner import run_exp
+
+    output_dir = a.out / "output"
+    run_exp(lf_args(a, dataset_dir, output_dir))
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [r["loss"] for r in state["log_history"] if "loss" in r]
+    # the last record is the whole run's summary (with include_num_input_tokens_seen, each step's record
+    # carries a running train_runtime too)
+    runtime = [r["train_runtime"] for r in state["log_history"] if "train_runtime" in r][-1]
+    print(json.dumps({"tool": "llamafactory", "tokens": int(state["num_input_tokens_seen"]), "train_runtime": runtime,
+                      "steps": state["global_step"], "loss_first": losses[0], "loss_last": losses[-1]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
