@@ -50,6 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def unique(name: str) -> str:
+    """A job name of its own (a name identifies one job; a stack reused across sessions keeps them)."""
+    return f"{name}-{uuid.uuid4().hex[:5]}"
+
+
 def tiny_job(name: str, **overrides) -> dict:
     """A job of a few seconds' training: the tiny model, 16 rows, 2 steps (conf for the REST API)."""
     job = {

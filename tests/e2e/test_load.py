@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from .stack import DAG_ID, LOCAL_POOL_SLOTS, airflow_stack, tiny_job  # noqa: F401 (the fixture)
+from .stack import DAG_ID, LOCAL_POOL_SLOTS, airflow_stack, tiny_job, unique  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +41,12 @@ def test_ten_jobs_at_once_queue_on_the_pool(airflow_stack):
     import airflow_client.client as af
     from mlflow.tracking import MlflowClient
 
-    dag_runs = af.DAGRunApi(airflow_stack.api_client())
+    dag_runs = af.DagRunApi(airflow_stack.api_client())
     tis_api = af.TaskInstanceApi(airflow_stack.api_client())
     pool = af.PoolApi(airflow_stack.api_client()).get_pool("airtune_local")
     assert pool.slots == LOCAL_POOL_SLOTS and pool.include_deferred
 
-    names = [f"load-{i}" for i in range(JOBS)]
+    names = [unique(f"load-{i}") for i in range(JOBS)]
     started = time.monotonic()
     runs = {n: dag_runs.trigger_dag_run(DAG_ID, af.TriggerDAGRunPostBody(
         logical_date=None, conf=tiny_job(n, max_samples=8))).dag_run_id for n in names}

@@ -14,7 +14,6 @@ from airtune.spec import FIELDS, SECTIONS
 
 pytestmark = pytest.mark.slow
 
-JOB = "ui-job"
 FIELD = {f.name: f for f in FIELDS}
 
 
@@ -54,7 +53,10 @@ def open_section(dialog, title: str) -> None:
 
 
 def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
+    from e2e.stack import unique
+
     stack = airflow_stack
+    JOB = unique("ui-job")
     login(page, stack)
 
     # --- the trigger form: FORM.md's sections in order (Airflow's own "Advanced Options" after them)
@@ -89,9 +91,11 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     number(dialog, FIELD["cutoff_len"].label("en"), 64)
     number(dialog, FIELD["num_train_epochs"].label("en"), 1)
     number(dialog, FIELD["learning_rate"].label("en"), 0.005)
+    dialog.locator("#element_name").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "02-trigger-form-filled.png"))
     open_section(dialog, expected[2])
     number(dialog, FIELD["logging_steps"].label("en"), 1)
-    page.screenshot(path=str(artifacts / "02-trigger-form-filled.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "03-trigger-form-advanced.png"))
 
     submit = dialog.get_by_test_id("trigger-dag-submit")
     assert submit.is_enabled()
@@ -114,7 +118,7 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     assert final["state"] == "success", stack.task_states(run["dag_run_id"])
     page.goto(f"{stack.url}/dags/airtune_finetune/runs/{run['dag_run_id']}")
     page.get_by_text(re.compile("^success$", re.I)).first.wait_for()
-    page.screenshot(path=str(artifacts / "03-run-succeeded.png"))
+    page.screenshot(path=str(artifacts / "04-run-succeeded.png"))
 
     # --- the jobs page, in Airflow's navigation (an external view: an iframe on /airtune/jobs)
     page.goto(f"{stack.url}/")
@@ -126,7 +130,7 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     assert cells[:5] == [JOB, "success", "tiny-llama-dev", "lora", "sft"], cells
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", cells[5]) and re.match(r"(\d+m )?\d+s", cells[6]), cells
     assert re.match(r"(eval_loss|loss) \d", cells[7]), cells  # the best metric
-    page.screenshot(path=str(artifacts / "04-jobs-page.png"))
+    page.screenshot(path=str(artifacts / "05-jobs-page.png"))
 
     # --- the detail view (opened on its own, as the link in the iframe points to it)
     row.get_by_role("link", name=JOB).click()
@@ -135,7 +139,11 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     tasks = {r.get_attribute("data-task"): r.locator("td").nth(1).inner_text().strip() for r in page.locator("#tasks tbody tr").all()}
     for task_id in ("validate", "prepare_dataset", "train_local", "register", "cleanup"):
         assert tasks[task_id] == "success", tasks
-    page.wait_for_function("document.getElementById('log').textContent.includes('Done.')")  # the log tail, loaded live
+    # the log tail, loaded by the page: the training's for a finished run; any task's on a click
+    page.wait_for_function("document.getElementById('log').textContent.includes('[airtune] done:')")
+    assert "train_local" in page.locator("#log-task").inner_text()
+    page.locator("[data-log-task=validate]").click()
+    page.wait_for_function("document.getElementById('log').textContent.includes('resolved spec written')")
     assert page.locator("#curves").evaluate("img => img.complete && img.naturalWidth > 300")  # the loss curve
     assert "final" in page.locator("#checkpoints").inner_text()
     assert f"{JOB} version 1" in page.locator("#registered").inner_text()
@@ -143,20 +151,20 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     assert page.locator("#mlflow-link").get_attribute("href").startswith(f"{stack.mlflow_url}/#/experiments/")
     spec = page.locator("#spec").inner_text()
     assert "template\tchatml" in spec and "cutoff_len\t64" in spec, spec  # the resolved spec
-    page.screenshot(path=str(artifacts / "05-job-detail.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "06-job-detail.png"), full_page=True)
 
     # --- delete, after typing the job's name
     page.locator("#delete summary").click()
     assert page.locator("#delete-button").is_disabled()
-    page.locator("#delete-confirm").fill("ui-jo")
+    page.locator("#delete-confirm").fill(JOB[:-1])
     assert page.locator("#delete-button").is_disabled()
     page.locator("#delete-confirm").fill(JOB)
-    page.screenshot(path=str(artifacts / "06-delete-confirm.png"))
+    page.screenshot(path=str(artifacts / "07-delete-confirm.png"))
     page.locator("#delete-button").click()
     page.locator("#deleted").wait_for(timeout=180_000)
     report = page.locator("#report").inner_text()
     assert f"mlflow: deleted registered model {JOB}" in report and "airflow: deleted DAG run" in report, report
-    page.screenshot(path=str(artifacts / "07-deleted.png"))
+    page.screenshot(path=str(artifacts / "08-deleted.png"))
     status, _ = stack.request("GET", f"/airtune/api/jobs/{JOB}")
     assert status == 404
     assert not (stack.home / "workspace" / "jobs" / JOB).exists()

@@ -138,16 +138,32 @@ def log_tail(dag_id: str, run_id: str, task_id: str | None = None, lines: int = 
                 raise NotFound(f"task {task_id!r} of run {run_id!r}: no such task; tasks: {', '.join(sorted(t.task_id for t in tis))}")
             ti = chosen[0]
         else:
-            running = [ti for ti in started if str(getattr(ti.state, "value", ti.state)) == "running"]
-            pool = running or started
-            ti = max(pool, key=lambda t: t.start_date) if pool else None
+            ti = _most_telling(started)
         if ti is None or not ti.try_number:
             return {"task_id": ti.task_id if ti else None, "try_number": 0, "lines": [], "truncated": False}
         reader = TaskLogReader()
         stream, _ = reader.read_log_chunks(ti, ti.try_number, {"download_logs": True})
         text = [_format_log(m) for m in (stream if not isinstance(stream, (str, bytes)) else [stream])]
-    flat = [line for chunk in text for line in chunk.splitlines()]
+    # Airflow's folding markers (::group::, ::endgroup::) are for its own log viewer
+    flat = [line for chunk in text for line in chunk.splitlines() if "::group::" not in line and "::endgroup::" not in line]
     return {"task_id": ti.task_id, "try_number": ti.try_number, "lines": flat[-lines:], "truncated": len(flat) > lines}
+
+
+def _most_telling(tis: list):
+    """The log a reader wants first: a running task's, else a failed one's, else the training's,
+    else the task that started last."""
+    def state(ti):
+        return str(getattr(ti.state, "value", ti.state))
+
+    for pick in (
+        [t for t in tis if state(t) == "running"],
+        [t for t in tis if state(t) == "failed"],
+        [t for t in tis if t.task_id.startswith("train") and state(t) == "success"],
+        tis,
+    ):
+        if pick:
+            return max(pick, key=lambda t: t.start_date)
+    return None
 
 
 def _format_log(m) -> str:
@@ -161,7 +177,11 @@ def _format_log(m) -> str:
     ts = ts.strftime("%H:%M:%S") if hasattr(ts, "strftime") else (str(ts)[11:19] if ts else "")
     level = str(d.get("level") or "").upper()
     event = str(d.get("event", ""))
-    return " ".join(x for x in (ts, level, event) if x)
+    line = " ".join(x for x in (ts, level, event) if x)
+    for exc in d.get("error_detail") or []:  # a failed task's exception: the reason, e.g. validate's errors
+        if isinstance(exc, dict):
+            line += f"\n{exc.get('exc_type')}: {exc.get('exc_value')}"
+    return line
 
 
 # --- MLflow and the job folders ------------------------------------------------------------------

@@ -130,6 +130,7 @@ JOB = """{% extends "layout.html" %}
 <tbody>{% for t in job.tasks %}<tr data-task="{{ t.task_id }}"><td><a href="{{ t.url }}" target="_top">{{ t.task_id }}</a></td><td><span class="state state-{{ t.state }}">{{ t.state or 'none' }}</span></td><td class="num">{{ t.try_number }}</td><td class="num">{{ t.start|when }}</td><td class="num">{{ t.duration_s|duration }}</td><td>{{ t.pool }}</td></tr>{% endfor %}</tbody></table>
 
 <h2>Log <span class="muted" id="log-task"></span></h2>
+<p class="muted" id="log-tasks">{% for t in job.tasks if t.try_number %}<a href="#log" data-log-task="{{ t.task_id }}">{{ t.task_id }}</a>{% if not loop.last %} · {% endif %}{% endfor %}</p>
 <pre class="log" id="log">{% if not run.dag_run_id %}no run{% else %}loading…{% endif %}</pre>
 
 <h2>Loss curve</h2>
@@ -158,16 +159,19 @@ JOB = """{% extends "layout.html" %}
 <script>
 const base = {{ base|tojson }}, name = {{ job.name|tojson }}, runId = {{ (run.dag_run_id or '')|tojson }};
 const active = {{ active|list|tojson }};
-let state = {{ (run.state or '')|tojson }};
+let state = {{ (run.state or '')|tojson }}, logTask = null;
+document.querySelectorAll('[data-log-task]').forEach(a => a.addEventListener('click', e => {
+  e.preventDefault(); logTask = a.dataset.logTask; refresh(true); }));
 const confirmBox = document.getElementById('delete-confirm'), button = document.getElementById('delete-button');
 confirmBox.addEventListener('input', () => { button.disabled = confirmBox.value.trim() !== name; });
 function esc(s) { return String(s ?? '').replace(/[&<>"]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c])); }
 function dur(s) { if (s == null) return '—'; s = Math.floor(s); const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
   return h ? `${h}h ${String(m).padStart(2, '0')}m` : (m ? `${m}m ${String(r).padStart(2, '0')}s` : `${r}s`); }
 function when(t) { if (!t) return '—'; const d = new Date(t); return isNaN(d) ? t : d.toLocaleString('sv-SE'); }
-async function refresh() {
+async function refresh(once) {
   if (!runId) return;
-  const r = await fetch(`${base}/api/jobs/${encodeURIComponent(name)}/live?run=${encodeURIComponent(runId)}`, {headers: {Accept: 'application/json'}});
+  const task = logTask ? `&task=${encodeURIComponent(logTask)}` : '';
+  const r = await fetch(`${base}/api/jobs/${encodeURIComponent(name)}/live?run=${encodeURIComponent(runId)}${task}`, {headers: {Accept: 'application/json'}});
   if (!r.ok) { document.getElementById('log').textContent = `log not available (${r.status})`; return; }
   const live = await r.json();
   document.getElementById('log').textContent = live.log.lines.join('\\n') || '(empty)';
@@ -181,7 +185,7 @@ async function refresh() {
   const img = document.getElementById('curves'); if (img) img.src = img.src.replace(/&t=\\d+$/, '') + `&t=${Date.now()}`;
   if (active.includes(state) && !active.includes(live.state)) { location.reload(); return; }  // finished: show checkpoints, version
   state = live.state;
-  if (active.includes(state)) setTimeout(refresh, 3000);
+  if (active.includes(state) && !once) setTimeout(refresh, 3000);
 }
 refresh();
 </script>
