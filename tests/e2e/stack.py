@@ -127,6 +127,10 @@ class Stack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "AIRTUNE_MLFLOW_BACKEND_STORE_URI": self.mlflow_db,  # the jobs page's delete purges the runs
+            # MLflow 3's telemetry thread sets and unsets a variable in os.environ while requests
+            # iterates os.environ for proxies: under load a run's `validate` failed with
+            # KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in runs/create (and nothing here may phone home)
+            "MLFLOW_DISABLE_TELEMETRY": "true",
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
