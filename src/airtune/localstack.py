@@ -42,6 +42,9 @@ def environment() -> dict[str, str]:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "TOKENIZERS_PARALLELISM": "false",
+        # MLflow's telemetry thread edits os.environ while clients read it (KeyError
+        # _MLFLOW_TELEMETRY_SESSION_ID under concurrent jobs), and nothing here phones home
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     }

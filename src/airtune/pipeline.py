@@ -128,6 +128,7 @@ def train_env(job: dict) -> dict[str, str]:
         "MLFLOW_RUN_ID": job["mlflow_run_id"],
         "AIRTUNE_METRICS_FILE": str(Path(job["job_dir"]) / "metrics.jsonl"),
         "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
 
 

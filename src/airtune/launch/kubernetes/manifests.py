@@ -240,6 +240,7 @@ def env(resolved: dict, run: Run, *, role: str) -> tuple[list[k8s.V1EnvVar], lis
     values = {
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "AIRTUNE_WORKSPACE": settings.workspace.mount_path,
     }
     hf_home = settings.hf_home or (
