@@ -94,7 +94,16 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
 
         ctx = get_current_context()
         job = ctx["ti"].xcom_pull(task_ids="validate")
-        pipeline.cleanup(job, failed=not ctx["ti"].xcom_pull(task_ids="register"))
+        failed = not ctx["ti"].xcom_pull(task_ids="register")
+        pipeline.cleanup(job, failed=failed)
+        if failed:
+            # The run's state is this task's to decide when register never ran: a DAG run marked
+            # failed by a user keeps running until its teardown is done, and Airflow would then
+            # judge it by register alone, which the mark skipped (the run would end "success").
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException("the job did not finish (register has no result): this DAG run is failed; "
+                                       "what training left behind was cleaned up")
 
     job_ref = validate()
     prepared = prepare_dataset(job_ref)
@@ -111,5 +120,5 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
     registered = register(prepared)
     trained_local >> registered
     [trained_pod, trained_job] >> registered
-    # A teardown: it runs however the run ends, and does not decide the run's state.
-    registered >> cleanup().as_teardown(setups=job_ref)
+    # A teardown: it runs however the run ends; it fails the run when the job did not finish.
+    registered >> cleanup().as_teardown(setups=job_ref, on_failure_fail_dagrun=True)
