@@ -240,6 +240,8 @@ def run_one(check: str, a) -> dict:
     t0 = time.monotonic()
     model, step = _build(check, a, tmp)
     build_s = time.monotonic() - t0
+    build_peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()  # from here: training's peak (the weights stay allocated, so they count)
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def batch():
@@ -266,6 +268,7 @@ def run_one(check: str, a) -> dict:
     return {"check": check, "ok": True, "tokens_per_s": round(tokens / seconds, 1), "timed_steps": a.steps,
             "timed_seconds": round(seconds, 3), "tokens_per_step": a.batch * a.seq_len, "build_seconds": round(build_s, 1),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "peak_gpu_memory_build_gib": round(build_peak / 2**30, 3),
             "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
             "trainable_params": trainable, "loss_first": losses[0], "loss_last": losses[-1],
             "losses_finite": all(x == x and abs(x) != float("inf") for x in losses)}

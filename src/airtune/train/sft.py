@@ -11,7 +11,9 @@ each example, so attention never crosses examples:
   its own (`PackedRowsCollator`), with its position_ids and no attention mask, and transformers builds a
   block-diagonal causal mask per row from them. Attention then costs batch x cutoff_len^2, where one
   padding-free row of batch x cutoff_len tokens under a dense mask costs (batch x cutoff_len)^2: on the
-  tiny model on 2 CPU cores that is ~3x the throughput of the padding-free row (docs/benchmarks.md).
+  tiny model on 2 CPU cores that is ~2x the throughput of the padding-free row (docs/benchmarks.md).
+
+On the CPU the loss is the model's own cross-entropy rather than TRL's fused LM head (`AirtuneSFTTrainer`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class PackedRowsCollator:
     """Packed rows padded to the batch's longest row: input_ids, labels (-100 on padding), position_ids
     restarting at each example (from `seq_lengths`, the column TRL keeps; the padding a run of its own), no
     attention mask; and `num_real_tokens`, the tokens that are not padding,
-    which `PackedRowsSFTTrainer` counts (TRL would count the padded length of one row)."""
+    which `AirtuneSFTTrainer` counts (TRL would count the padded length of one row)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -59,24 +61,48 @@ class PackedRowsCollator:
                 "num_real_tokens": torch.tensor(real, dtype=torch.long)}
 
 
-def _packed_rows_trainer_class():
+def _trainer_class():
+    from transformers import Trainer
     from trl import SFTTrainer
 
-    class PackedRowsSFTTrainer(SFTTrainer):
-        """SFTTrainer, with the non-padding token count (`num_tokens`) of PackedRowsCollator's batches.
-        TRL counts `position_ids.size(1)` for a batch without an attention mask (one padding-free row);
-        this replaces that count with the real one (TRL is pinned exactly: `_total_train_tokens`)."""
+    class AirtuneSFTTrainer(SFTTrainer):
+        """SFTTrainer with two changes, each for speed, each switched by an attribute:
+
+        - `plain_loss` (on the CPU): the model's own cross-entropy instead of TRL's fused LM head. The fused
+          head scores the LM head in tiles and computes entropy and top-1 accuracy for its metrics; it saves
+          GPU memory (no full logits), and on the CPU it costs ~1.5x per step on the tiny model
+          (docs/benchmarks.md). TRL's `entropy` and `mean_token_accuracy` metrics are then not logged.
+        - `num_real_tokens` in a batch (PackedRowsCollator): the non-padding token count. TRL counts
+          `position_ids.size(1)` for a batch without an attention mask (it expects one padding-free row).
+
+        Both keep TRL's `num_tokens` metric (`_total_train_tokens`; TRL is pinned exactly).
+        """
+
+        plain_loss = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             real = inputs.pop("num_real_tokens", None)
-            before = self._total_train_tokens
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            if real is not None and self._total_train_tokens != before:  # counted: a training step
-                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum().item())
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            if not self.plain_loss:
+                before = self._total_train_tokens
+                out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+                if real is not None and self._total_train_tokens != before:  # counted: a training step
+                    self._count_tokens(real, before)
+                return out
+            inputs["use_cache"] = False
+            out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if self.model.training:
+                if real is None:
+                    mask = inputs.get("attention_mask")
+                    real = mask.sum() if mask is not None else inputs["input_ids"].new_tensor(inputs["input_ids"].numel())
+                self._count_tokens(real, self._total_train_tokens)
             return out
 
-    return PackedRowsSFTTrainer
+        def _count_tokens(self, real, before: int) -> None:
+            total = self.accelerator.gather_for_metrics(real.reshape(1).to(self.accelerator.device)).sum().item()
+            self._total_train_tokens = before + int(total) // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+    return AirtuneSFTTrainer
 
 
 def model_class():
@@ -86,9 +112,8 @@ def model_class():
 
 
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
-    from trl import SFTTrainer
-
-    trainer_class, collator = SFTTrainer, None
+    trainer_class, collator = _trainer_class(), None
+    trainer_class.plain_loss = bool(getattr(config, "use_cpu", False))
     if "position_ids" in train.column_names:
         train = with_seq_lengths(train)
         if validation is not None and "position_ids" in validation.column_names:
@@ -96,7 +121,7 @@ def build_trainer(*, model, tokenizer, config, train, validation, callbacks, opt
         if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
             config.padding_free = False  # each packed row a row of its own (module docstring)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            trainer_class, collator = _packed_rows_trainer_class(), PackedRowsCollator(pad)
+            collator = PackedRowsCollator(pad)
     return trainer_class(
         model=model,
         args=config,
