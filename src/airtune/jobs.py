@@ -33,7 +33,11 @@ def airflow_session():
     """A session on Airflow's metadata database (the embedded default's unless configured otherwise)."""
     from airtune import localstack
 
-    localstack.apply()
+    env = localstack.apply()
+    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:"):
+        # the embedded default: on a fresh checkout the database does not exist yet (`make demo`
+        # deletes its earlier demo job first); a deployment's database is migrated by its own tools
+        localstack.ensure_airflow_db()
     from airflow import settings
 
     settings.configure_orm()
