@@ -84,3 +84,12 @@ def test_invalid_job_is_refused_by_validate(tmp_path, airtune_home):
     out = subprocess.run([sys.executable, "-m", "airtune.cli", "validate", str(bad)], env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert "lora_rank" in out.stderr
+
+
+def test_delete_on_a_fresh_embedded_default(tmp_path, airtune_home):
+    """`make demo` first deletes an earlier demo job: on a fresh checkout there is no Airflow database yet."""
+    env = airtune_env(airtune_home)
+    out = subprocess.run([sys.executable, "-m", "airtune.cli", "delete", "never-ran", "--yes"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (airtune_home / "airflow" / "airflow.db").exists()
