@@ -91,7 +91,6 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     number(dialog, FIELD["cutoff_len"].label("en"), 64)
     number(dialog, FIELD["num_train_epochs"].label("en"), 1)
     number(dialog, FIELD["learning_rate"].label("en"), 0.005)
-    dialog.locator("#element_name").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "02-trigger-form-filled.png"))
     open_section(dialog, expected[2])
     number(dialog, FIELD["logging_steps"].label("en"), 1)
@@ -144,7 +143,9 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     assert "train_local" in page.locator("#log-task").inner_text()
     page.locator("[data-log-task=validate]").click()
     page.wait_for_function("document.getElementById('log').textContent.includes('resolved spec written')")
-    assert page.locator("#curves").evaluate("img => img.complete && img.naturalWidth > 300")  # the loss curve
+    # the loss curve: a PNG drawn on request, so wait for it to load (it fails the test if it never does)
+    page.wait_for_function("() => { const i = document.getElementById('curves'); "
+                           "return i !== null && i.complete && i.naturalWidth > 300; }", timeout=30_000)
     assert "final" in page.locator("#checkpoints").inner_text()
     assert f"{JOB} version 1" in page.locator("#registered").inner_text()
     assert page.locator("#airflow-link").get_attribute("href").startswith(f"{stack.url}/dags/airtune_finetune/runs/")
