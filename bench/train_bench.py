@@ -52,8 +52,7 @@ def job_mapping(config: str, *, steps: int, batch: int, cutoff: int, rank: int, 
 
 def prepare_job(config: str, work: Path, **kw) -> tuple[Path, Path]:
     """Validate and prepare one airtune job (not timed): (spec.json, prepared data folder)."""
-    # the function from its module: `airtune.data.prepare` the attribute is shadowed by the submodule once imported
-    from airtune.data.prepare import prepare
+    from airtune.data import prepare
     from airtune.resolve import validate_mapping
 
     resolved = validate_mapping(job_mapping(config, **kw))

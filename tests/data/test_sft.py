@@ -127,7 +127,7 @@ def test_cache_hit_prepares_nothing(tiny_model_dir, tmp_path, monkeypatch):
     first = prepare(spec, tmp_path / "job1" / "data", cache_dir=tmp_path / "cache", log=lambda m: None)
     assert first["cached"] is False
 
-    import airtune.data.prepare as prep
+    import airtune.data.build as prep
 
     def fail(*a, **k):
         raise AssertionError("prepared twice")
@@ -166,3 +166,15 @@ def test_sharegpt_function_calls_and_observations(tiny_model_dir, tokenizer, tmp
     assert trained_text(tokenizer, r) == json.dumps(call) + IM_END + "It is sunny." + IM_END
     assert "<|im_start|>tool\nsunny<|im_end|>" in tokenizer.decode(r["input_ids"])
     assert any("does not render tool descriptions: 1 rows" in w for w in m["warnings"])
+
+
+def test_prepare_can_be_called_twice_in_one_process(tiny_model_dir, tmp_path):
+    """The package's prepare() stays a function once its implementation module has been imported."""
+    from airtune import data
+
+    rows = [{"instruction": "Say hi", "input": "", "output": "Hi"}] * 4
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(rows))
+    for k in range(2):
+        m = data.prepare(resolved(tiny_model_dir, [dataset("a", "alpaca", "sft", [path])]), tmp_path / f"o{k}", log=lambda m: None)
+        assert m["rows"]["train"] == 4

@@ -19,13 +19,13 @@ __all__ = ["DataError", "RowError", "check_stage_fit", "load_prepared", "prepare
 
 
 def prepare(resolved: dict, out_dir: Path, *, cache_dir: Path | None = None, num_proc: int | None = None, log=print) -> dict:
-    from airtune.data.prepare import prepare as _prepare
+    from airtune.data.build import prepare as _prepare
 
     return _prepare(resolved, Path(out_dir), cache_dir=cache_dir, num_proc=num_proc, log=log)
 
 
 def check_stage_fit(stage: str, datasets: list[dict]) -> None:
-    from airtune.data.prepare import check_stage_fit as _check
+    from airtune.data.build import check_stage_fit as _check
 
     _check(stage, datasets)
 
