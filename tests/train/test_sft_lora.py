@@ -204,3 +204,17 @@ def test_resume_after_kill_matches_uninterrupted_run(sft_run, tiny_model_dir, sf
     ref_result = json.loads((sft_run / "result.json").read_text())
     assert result["train_loss_first"] == pytest.approx(ref_result["train_loss_first"])
     assert result["train_loss_last"] == pytest.approx(ref_result["train_loss_last"], rel=1e-4)
+
+
+def test_liger_booster_uses_the_installed_kernels(tiny_model_dir, tmp_path):
+    """booster liger_kernel: liger-kernel from the image (use_liger_kernel), never Hub kernels
+    (use_kernels downloads at run time); on the CPU it is refused. The mapping only: no CUDA here."""
+    from airtune.train.args import ArgsError, map_spec
+
+    resolved = make_resolved(tiny_model_dir, booster="liger_kernel")
+    with pytest.raises(ArgsError, match="needs a CUDA GPU"):
+        map_spec(resolved, output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    resolved["runtime"]["device"] = "cuda"
+    m = map_spec(resolved, output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    assert m.config.use_liger_kernel is True
+    assert "use_kernels" not in m.model_kwargs and m.model_kwargs["attn_implementation"] == "sdpa"

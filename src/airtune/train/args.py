@@ -216,7 +216,10 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     if booster == "liger_kernel":
         if on_cpu:
             raise ArgsError("booster 'liger_kernel' needs a CUDA GPU (Liger's kernels are Triton kernels)")
-        model_kwargs["use_kernels"] = True  # TRL's replacement for use_liger_kernel
+        # liger-kernel from the image (use_liger_kernel), not TRL's suggested Hub kernels
+        # (model_init_kwargs use_kernels), which download kernels at run time: pods may be offline.
+        # Deprecated in TRL 1.x, removed in 2.0; TRL is pinned to 1.16.0.
+        config.use_liger_kernel = True
     attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager", "liger_kernel": "sdpa"}[booster]
     model_kwargs["attn_implementation"] = attn
     quantization = _quantization_config(spec, compute)
