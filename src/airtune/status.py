@@ -37,6 +37,28 @@ def _iso(value) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
+def job_name_of(dag_id: str, conf: dict) -> str | None:
+    """The job a DAG run belongs to: its conf names it, or the retraining DAG owns the name."""
+    from airtune import jobs
+
+    if conf.get("name"):
+        return str(conf["name"])
+    if dag_id.startswith(jobs.RETRAIN_PREFIX):
+        return dag_id.removeprefix(jobs.RETRAIN_PREFIX)
+    return None
+
+
+def dag_run_row(dr) -> dict:
+    """One DAG run as `airtune status`, `airtune list` and the jobs page show it."""
+    return {
+        "dag_id": dr.dag_id,
+        "dag_run_id": dr.run_id,
+        "state": str(getattr(dr.state, "value", dr.state)),
+        "start": _iso(dr.start_date or dr.queued_at),
+        "end": _iso(dr.end_date),
+    }
+
+
 def _airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]], str | None]:
     """{job name: [DAG run, ...]} from Airflow; (…, error) when Airflow's database is not reachable."""
     try:
@@ -47,17 +69,10 @@ def _airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]],
 
             out: dict[str, list[dict]] = {}
             for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
-                conf = dr.conf or {}
-                name = conf.get("name") or (dr.dag_id.removeprefix(jobs.RETRAIN_PREFIX) if dr.dag_id.startswith(jobs.RETRAIN_PREFIX) else None)
+                name = job_name_of(dr.dag_id, dr.conf or {})
                 if not name or (names is not None and name not in names):
                     continue
-                out.setdefault(name, []).append({
-                    "dag_id": dr.dag_id,
-                    "dag_run_id": dr.run_id,
-                    "state": str(getattr(dr.state, "value", dr.state)),
-                    "start": _iso(dr.start_date or dr.queued_at),
-                    "end": _iso(dr.end_date),
-                })
+                out.setdefault(name, []).append(dag_run_row(dr))
             return out, None
     except Exception as exc:  # status must still show what MLflow knows
         return {}, f"{type(exc).__name__}: {exc}"

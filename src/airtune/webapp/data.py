@@ -57,36 +57,22 @@ def duration_seconds(start: str | None, end: str | None, state: str | None) -> f
 
 # --- Airflow -------------------------------------------------------------------------------------
 
-def _job_name(dag_id: str, conf: dict) -> str | None:
-    from airtune import jobs
-
-    if conf.get("name"):
-        return str(conf["name"])
-    if dag_id.startswith(jobs.RETRAIN_PREFIX):
-        return dag_id.removeprefix(jobs.RETRAIN_PREFIX)
-    return None
-
-
 def airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]], dict[tuple, dict]]:
     """({job name: [DAG run, ...]} in airtune.status's shape, {(dag_id, run_id): conf})."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+
+    from airtune import status
 
     runs: dict[str, list[dict]] = {}
     confs: dict[tuple, dict] = {}
     with create_session() as session:
         for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
             conf = dr.conf or {}
-            name = _job_name(dr.dag_id, conf)
+            name = status.job_name_of(dr.dag_id, conf)
             if not name or (names is not None and name not in names):
                 continue
-            runs.setdefault(name, []).append({
-                "dag_id": dr.dag_id,
-                "dag_run_id": dr.run_id,
-                "state": str(getattr(dr.state, "value", dr.state)),
-                "start": _iso(dr.start_date or dr.queued_at),
-                "end": _iso(dr.end_date),
-            })
+            runs.setdefault(name, []).append(status.dag_run_row(dr))
             confs[(dr.dag_id, dr.run_id)] = conf
     return runs, confs
 
