@@ -113,10 +113,28 @@ def test_scheduler_and_warmup_in_a_run(tiny_model_dir, sft_data, tmp_path):
     assert min(lrs[2:]) >= 1e-3 * 0.999 and lrs[-1] < 2e-3
 
 
+def bnb_friendly_copy(model_dir, out):
+    """The tiny model with its MLP widened from 344 to 384: bitsandbytes' CPU 4-bit kernels need the
+    output width of each linear layer to be a multiple of their block (344 is not: "N must be
+    divisible by block_n"); real models' widths (896, 4864, 4096, 14336, ...) all are. Same tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = LlamaConfig.from_pretrained(model_dir)
+    config.intermediate_size = 384
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
 @pytest.mark.slow
 def test_qlora_4bit_bnb_on_cpu(tiny_model_dir, sft_data, tmp_path):
     pytest.importorskip("bitsandbytes")
-    job = run(tmp_path, tiny_model_dir, sft_data, quantization_bit="4")
+    model_dir = bnb_friendly_copy(tiny_model_dir, tmp_path / "tiny-384")
+    job = run(tmp_path, model_dir, sft_data, quantization_bit="4")
     assert_loss_fell(job)
     state = load_safetensors_dir(job / "output" / "final")
     assert state and all("lora_" in k for k in state)
