@@ -242,13 +242,15 @@ def list_jobs() -> list[dict]:
 
 # --- printing ----------------------------------------------------------------------------------
 
-def _duration(seconds) -> str:
+def format_duration(seconds, *, missing: str = "?", sep: str = "") -> str:
+    """1h05m, 3m07s, 42s (`sep` between the parts; `missing` for None): the CLI's and the jobs page's."""
     if seconds is None:
-        return "?"
+        return missing
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+    return f"{h}h{sep}{m:02d}m" if h else (f"{m}m{sep}{s:02d}s" if m else f"{s}s")
+
 
 
 def _num(v) -> str:
@@ -264,7 +266,7 @@ def progress_text(p: dict) -> str:
         return "—"
     text = f"step {p.get('step', 0)} of {p['max_steps']} ({p.get('percent') or 0:.0f}%)"
     if p.get("eta_seconds") and (p.get("percent") or 0) < 100:
-        text += f", about {_duration(p['eta_seconds'])} left"
+        text += f", about {format_duration(p['eta_seconds'])} left"
     return text
 
 

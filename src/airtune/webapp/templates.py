@@ -8,16 +8,12 @@ from datetime import datetime
 
 from jinja2 import DictLoader, Environment, select_autoescape
 
+from airtune.status import format_duration
 from airtune.webapp.data import ACTIVE, _parse_time
 
 
 def _duration(seconds) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+    return format_duration(seconds, missing="—", sep=" ")
 
 
 def _when(text) -> str:
