@@ -101,3 +101,11 @@ def ratio(a: float, b: float) -> float:
 
 def gib(n_bytes: float) -> float:
     return n_bytes / 2**30
+
+
+def write_report(report: dict, json_out: Path | None) -> None:
+    """The whole report to `json_out` (when given); the summary as one JSON line on stdout."""
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({"summary": report["summary"]}))

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LF_PYTHON, REPO, last_json_line, make_alpaca, medians, order, pinned_env, ratio, run_measured  # noqa: E402
+from common import LF_PYTHON, REPO, last_json_line, make_alpaca, medians, order, pinned_env, ratio, run_measured, write_report  # noqa: E402
 
 
 def run_airtune(data: Path, model: Path, workers: int, cutoff: int, out: Path) -> dict:
@@ -135,10 +135,7 @@ def main() -> int:
                   + (f"   {row['ratio']:.2f}x processing, {row['command_ratio']:.2f}x whole command" if tool == "airtune" else ""))
     report = {"rows": a.rows, "cutoff_len": a.cutoff, "rayon_threads": a.rayon_threads,
               "tokenizers_parallelism": a.tokenizers_parallelism, "repeats": a.repeats, "summary": summary, "runs": runs}
-    if a.json_out:
-        a.json_out.parent.mkdir(parents=True, exist_ok=True)
-        a.json_out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({"summary": summary}))
+    write_report(report, a.json_out)
     return 0
 
 

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEMO, LF_PYTHON, REPO, gib, last_json_line, medians, order, pinned_env, ratio, run_measured  # noqa: E402
+from common import DEMO, LF_PYTHON, REPO, gib, last_json_line, medians, order, pinned_env, ratio, run_measured, write_report  # noqa: E402
 
 CONFIGS = ("padded", "packed")
 
@@ -152,10 +152,7 @@ def main() -> int:
             print(f"{row['config']:>7} {tool:>12} {m['tokens_per_s']:>9,.0f} {gib(m['peak_rss_bytes']):>7.2f} G"
                   + (f"   {row['ratio']:.2f}x tokens/s, {row['rss_ratio']:.2f}x peak RSS" if tool == "airtune" else ""))
     report = {"hyperparameters": hp, "threads": a.threads, "repeats": a.repeats, "summary": summary, "runs": runs}
-    if a.json_out:
-        a.json_out.parent.mkdir(parents=True, exist_ok=True)
-        a.json_out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({"summary": summary}))
+    write_report(report, a.json_out)
     return 0
 
 
