@@ -278,6 +278,18 @@ def test_rule(catalog, mapping, hardware, field, value, words):
         assert word in text, (word, text)
 
 
+def test_hqq_trains_on_the_cpu_when_installed_and_is_refused_when_not(catalog, monkeypatch):
+    resolved = ok(catalog, {"quantization_bit": 4, "quantization_method": "hqq"})
+    assert resolved["spec"]["quantization_method"] == "hqq" and resolved["runtime"]["device"] == "cpu"
+    # Only the package lookup is replaced: this machine has hqq (airtune[train]), an Airflow worker may not.
+    monkeypatch.setattr(R, "installed", lambda package: package != "hqq")
+    errors = errors_of(catalog, {"quantization_bit": 4, "quantization_method": "hqq"})
+    assert [e.field for e in errors] == ["quantization_method"]
+    assert "hqq needs the hqq package" in str(errors[0]) and "bnb" in str(errors[0])
+    # a Kubernetes location trains in the image, which has it: not checked here
+    assert ok(catalog, {**K8S, **QWEN7, "quantization_bit": 4, "quantization_method": "hqq"})["spec"]["quantization_method"] == "hqq"
+
+
 def _jobs_for(mapping):
     """grpo rows need a reward model that passes its own checks."""
     if mapping.get("reward_model") != "rm-job":

@@ -129,6 +129,11 @@ def detect_hardware() -> dict:
     return hw
 
 
+def installed(package: str) -> bool:
+    """Whether a Python package can be imported here (where a local job trains)."""
+    return importlib.util.find_spec(package) is not None
+
+
 def _eetq_kernels_cached() -> bool:
     if importlib.util.find_spec("kernels") is None:
         return False
@@ -452,6 +457,10 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
             refuse("quantization_method", f"eetq's kernels are not available {place} without a model hub "
                                           f"(transformers fetches {EETQ_KERNEL_REPO}); use bnb or hqq",
                    "gpu_type", "location")
+
+    if v["quantization_bit"] != "none" and v["quantization_method"] == "hqq" and is_local and not installed("hqq"):
+        refuse("quantization_method", "hqq needs the hqq package, which is not installed on this machine (it comes "
+                                      "with airtune[train]); install it, or use bnb", "location")
 
     # -- defaults that depend on the method, stage or scheduler --
     out = dict(v)

@@ -140,6 +140,45 @@ def test_qlora_4bit_bnb_on_cpu(tiny_model_dir, sft_data, tmp_path):
     assert state and all("lora_" in k for k in state)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_hqq_quantizes_every_linear_layer_but_the_output(tiny_model_dir, tmp_path, bits):
+    import torch
+    from hqq.core.quantize import HQQLinear
+
+    from airtune.train.args import map_spec
+    from airtune.train.model import load_model, make_trainable
+
+    plain = load_model(make_resolved(tiny_model_dir), {"dtype": "float32"})
+    resolved = make_resolved(tiny_model_dir, quantization_bit=str(bits), quantization_method="hqq")
+    mapped = map_spec(resolved, output_dir=str(tmp_path), train_rows=32, has_eval=False)
+    assert "quantization_config" not in mapped.model_kwargs
+    assert mapped.hqq == {"nbits": bits, "group_size": 64, "compute_dtype": "float32", "device": "cpu"}
+    model = load_model(resolved, mapped.model_kwargs, hqq=mapped.hqq)
+    linears = {n: type(m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, HQQLinear))}
+    assert linears.pop("lm_head") is torch.nn.Linear
+    assert len(linears) == 4 * 7 and set(linears.values()) == {HQQLinear}  # 4 layers x q,k,v,o,gate,up,down
+    assert all(m.meta["nbits"] == bits for m in model.modules() if isinstance(m, HQQLinear))
+    ids = torch.arange(16)[None]
+    with torch.no_grad():
+        exact, quantized = plain(input_ids=ids).logits, model(input_ids=ids).logits
+    err = float((quantized - exact).abs().mean() / exact.abs().mean())
+    assert 0 < err < (0.5 if bits == 4 else 0.05), err  # quantized: close to the weights, not equal
+    # lora_target all: a LoRA layer on each quantized layer
+    peft_model = make_trainable(model, resolved["spec"], mapped.peft)
+    wrapped = [n for n, m in peft_model.named_modules() if type(m).__name__ == "HqqLoraLinear"]
+    assert len(wrapped) == 28
+
+
+@pytest.mark.slow
+def test_qlora_hqq_on_cpu(tiny_model_dir, sft_data, tmp_path):
+    job = run(tmp_path, tiny_model_dir, sft_data, quantization_bit="4", quantization_method="hqq")
+    assert_loss_fell(job)
+    state = load_safetensors_dir(job / "output" / "final")
+    assert len(state) == 2 * 28 and all("lora_" in k for k in state)
+    adapter = json.loads((job / "output" / "final" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
 def test_rope_scaling_factor_from_cutoff(tiny_model_dir, tmp_path):
     from airtune.train.args import map_spec
     from airtune.train.model import load_model

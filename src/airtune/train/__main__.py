@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. model and tokenizer; the seed first, so LoRA's initial weights are the same on every run
     set_seed(config.seed)
     tokenizer = load_tokenizer(resolved)
-    model = load_model(resolved, mapped.model_kwargs, config_overrides=mapped.config_overrides, model_class=stage.model_class())
+    model = load_model(resolved, mapped.model_kwargs, config_overrides=mapped.config_overrides, model_class=stage.model_class(),
+                       hqq=mapped.hqq)
     model = make_trainable(model, spec, mapped.peft, checkpointing=bool(config.activation_checkpointing))
     trainable, total = count_parameters(model)
     log(

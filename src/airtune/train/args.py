@@ -6,6 +6,7 @@ Nothing else in airtune speaks both vocabularies (DESIGN.md). `map_spec` returns
 - `peft`: a `peft.LoraConfig` for `finetuning_method: lora`, else None;
 - `model_kwargs`: what `from_pretrained` gets (dtype, attention implementation, quantization);
 - `config_overrides`: changes to the model's config (RoPE scaling), merged into its own values;
+- `hqq`: HQQ quantization of the loaded base (`quantization_method: hqq`), applied by model.py;
 - `loraplus_lr_ratio`: LoRA+ (the optimizer is built by the stage module with PEFT's helper).
 """
 
@@ -39,6 +40,8 @@ class Mapped:
     model_kwargs: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)  # merged into the model's config before loading
     loraplus_lr_ratio: float | None = None
+    # HQQ quantizes after loading: transformers 5 has no HQQ quantize-on-load ("HQQ is not available yet")
+    hqq: dict | None = None
 
 
 def config_class(stage: str, pref_loss: str | None = None):
@@ -223,7 +226,10 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager", "liger_kernel": "sdpa"}[booster]
     model_kwargs["attn_implementation"] = attn
     quantization = _quantization_config(spec, compute)
-    if quantization is not None:
+    hqq = None
+    if isinstance(quantization, dict):  # hqq: quantized by model.py once loaded
+        hqq = {**quantization, "device": "cpu" if on_cpu else "cuda"}
+    elif quantization is not None:
         model_kwargs["quantization_config"] = quantization
     config_overrides = _rope_parameters(spec, resolved.get("model") or {}) or {}
     if stage == "rm":
@@ -247,7 +253,7 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
             bias="none",
         )
     return Mapped(config=config, peft=peft, model_kwargs=model_kwargs, config_overrides=config_overrides,
-                  loraplus_lr_ratio=spec.get("loraplus_lr_ratio"))
+                  loraplus_lr_ratio=spec.get("loraplus_lr_ratio"), hqq=hqq)
 
 
 def _model_dtype(spec: dict) -> str:
@@ -266,7 +272,8 @@ def _model_dtype(spec: dict) -> str:
 
 
 def _quantization_config(spec: dict, compute: str):
-    """QLoRA: the frozen base weights quantized on load (bitsandbytes also runs on the CPU)."""
+    """QLoRA: the frozen base weights quantized on load (bitsandbytes also runs on the CPU); for hqq, a dict
+    of the arguments of model.quantize_hqq, which quantizes the loaded model (also on the CPU)."""
     bits = str(spec.get("quantization_bit") or "none")
     if bits == "none":
         return None
@@ -284,9 +291,9 @@ def _quantization_config(spec: dict, compute: str):
                                       bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
         return BitsAndBytesConfig(load_in_8bit=True)
     if method == "hqq":
-        from transformers import HqqConfig
-
-        return HqqConfig(nbits=int(bits), group_size=64)
+        # HQQ's own quantizer, run on the loaded model (model.quantize_hqq): transformers 5.24's HqqConfig
+        # cannot quantize on load. Group size 64, HQQ's default for 4 bits (and transformers' HqqConfig's).
+        return {"nbits": int(bits), "group_size": 64, "compute_dtype": str(compute_dtype).removeprefix("torch.")}
     if method == "eetq":
         from transformers import EetqConfig
 

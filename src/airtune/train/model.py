@@ -19,11 +19,13 @@ def load_tokenizer(resolved: dict):
     return tokenizer
 
 
-def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | None = None, model_class=None, **extra):
+def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | None = None, model_class=None,
+               hqq: dict | None = None, **extra):
     """The base model (AutoModelForCausalLM unless the stage asks for another class).
 
     `config_overrides` change the model's config first; dict values (rope_parameters) are merged into
-    the config's own, so e.g. the model's rope_theta is kept."""
+    the config's own, so e.g. the model's rope_theta is kept. `hqq` (args.Mapped.hqq): the loaded
+    model's linear layers are then quantized with HQQ (`quantize_hqq`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_class = model_class or AutoModelForCausalLM
@@ -32,7 +34,41 @@ def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | N
     for key, value in (config_overrides or {}).items():
         current = getattr(config, key, None)
         setattr(config, key, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
-    return model_class.from_pretrained(model["weights"], revision=model.get("revision"), config=config, **model_kwargs)
+    loaded = model_class.from_pretrained(model["weights"], revision=model.get("revision"), config=config, **model_kwargs)
+    if hqq:
+        quantize_hqq(loaded, **hqq)
+    return loaded
+
+
+def quantize_hqq(model, *, nbits: int, group_size: int, compute_dtype: str, device: str) -> list[str]:
+    """Replace every linear layer but the output ones (lm_head, a classifier's score) by HQQ's
+    HQQLinear, `nbits` bits in groups of `group_size`, one layer at a time (the full-precision weight of
+    each is freed as it goes), on `device` (`cuda` is this process's GPU, LOCAL_RANK). The frozen base
+    of a QLoRA job: PEFT wraps HQQLinear with its own LoRA layer. Returns the names quantized."""
+    import os
+
+    import torch
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    config = BaseQuantizeConfig(nbits=nbits, group_size=group_size)
+    skip = set(OUTPUT_LAYERS)
+    names = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and name not in skip:
+                setattr(parent, name, HQQLinear(child, quant_config=config, compute_dtype=getattr(torch, compute_dtype),
+                                                device=device, del_orig=True))
+                names.append(f"{parent_name}.{name}" if parent_name else name)
+    if not names:
+        raise ValueError(f"hqq: {type(model).__name__} has no linear layer to quantize")
+    model.is_hqq_quantized = True
+    return names
+
+
+# The layers that map hidden states to the output (never quantized, never LoRA targets of "all").
+OUTPUT_LAYERS = ("lm_head", "score")
 
 
 def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = False):
@@ -59,9 +95,19 @@ def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = Fals
 
 
 def attach_lora(model, peft_config):
-    """Wrap `model` in a PeftModel: the base weights frozen, the LoRA matrices trainable (kept in fp32)."""
+    """Wrap `model` in a PeftModel: the base weights frozen, the LoRA matrices trainable (kept in fp32).
+
+    On an HQQ-quantized base, lora_target `all` (PEFT's "all-linear", which finds only nn.Linear and
+    bitsandbytes' layers) becomes the names of the HQQLinear layers."""
+    import dataclasses
+
     from peft import get_peft_model
 
+    if getattr(model, "is_hqq_quantized", False) and peft_config.target_modules in ("all-linear", {"all-linear"}):
+        from hqq.core.quantize import HQQLinear
+
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, HQQLinear)})
+        peft_config = dataclasses.replace(peft_config, target_modules=leaves)
     return get_peft_model(model, peft_config)
 
 
