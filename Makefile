@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: 2.13.0 resolves to the CPU wheel here; an unpinned torch would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[airflow,train,dev]'
+	# DISABLE_CUDA=1: hqq's setup would otherwise try to compile its optional CUDA kernels with whatever python is on PATH.
+	DISABLE_CUDA=1 $(BIN)/pip install -q -c constraints.txt -e '.[airflow,train,dev]'
 	# DeepSpeed builds its ops at run time (DS_BUILD_OPS=0); it needs the torch installed above.
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c constraints.txt 'deepspeed>=0.19.8,<0.20'
 	@touch $(STAMP)
