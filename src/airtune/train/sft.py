@@ -7,13 +7,14 @@ each example, so attention never crosses examples:
 
 - with flash-attention 2, they become the `seq_lengths` TRL's padding-free collator reads: the batch
   is one row, and the varlen kernel attends within each example at no cost for the others;
-- otherwise (SDPA, eager: the CPU, or a GPU without flash-attention) each packed row stays a row of
-  its own (`PackedRowsCollator`), with its position_ids and no attention mask, and transformers builds a
-  block-diagonal causal mask per row from them. Attention then costs batch x cutoff_len^2, where one
-  padding-free row of batch x cutoff_len tokens under a dense mask costs (batch x cutoff_len)^2: on the
-  tiny model on 2 CPU cores that is ~2x the throughput of the padding-free row (docs/benchmarks.md).
+- otherwise each packed row stays a row of its own (`PackedRowsCollator`), with its position_ids and
+  no attention mask. Under SDPA the model then attends with `packed_attention.packed_sdpa`: SDPA's
+  causal kernel once per example, no mask (the work is the sum of the examples' squared lengths);
+  under eager attention, transformers builds a block-diagonal causal mask per row from the position_ids.
 
-On the CPU the loss is the model's own cross-entropy rather than TRL's fused LM head (`AirtuneSFTTrainer`).
+On the CPU the loss is the model's own causal-LM loss, computed on the target tokens alone
+(`loss.target_cross_entropy`) rather than with TRL's fused LM head (`AirtuneSFTTrainer`).
+Stage `pt` trains with this module's trainer too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
 
+    from airtune.train.loss import shifted_targets, target_cross_entropy
+
     class AirtuneSFTTrainer(SFTTrainer):
         """SFTTrainer with two changes, each for speed, each switched by an attribute:
 
@@ -72,6 +75,8 @@ def _trainer_class():
           head scores the LM head in tiles and computes entropy and top-1 accuracy for its metrics; it saves
           GPU memory (no full logits), and on the CPU it costs ~1.5x per step on the tiny model
           (docs/benchmarks.md). TRL's `entropy` and `mean_token_accuracy` metrics are then not logged.
+          Where the model takes a target mask (`loss.accepts_target_mask`), `compute_loss_func` is
+          `loss.target_cross_entropy` and the model is asked for the target positions' logits alone.
         - `num_real_tokens` in a batch (PackedRowsCollator): the non-padding token count. TRL counts
           `position_ids.size(1)` for a batch without an attention mask (it expects one padding-free row).
 
@@ -89,6 +94,8 @@ def _trainer_class():
                     self._count_tokens(real, before)
                 return out
             inputs["use_cache"] = False
+            if self.compute_loss_func is target_cross_entropy and "labels" in inputs:
+                inputs["logits_to_keep"] = shifted_targets(inputs["labels"]) != -100
             out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             if self.model.training:
                 if real is None:
@@ -112,6 +119,9 @@ def model_class():
 
 
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
+    from airtune.train.loss import accepts_target_mask, target_cross_entropy
+    from airtune.train.packed_attention import use_packed_sdpa
+
     trainer_class, collator = _trainer_class(), None
     trainer_class.plain_loss = bool(getattr(config, "use_cpu", False))
     if "position_ids" in train.column_names:
@@ -122,7 +132,8 @@ def build_trainer(*, model, tokenizer, config, train, validation, callbacks, opt
             config.padding_free = False  # each packed row a row of its own (module docstring)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             collator = PackedRowsCollator(pad)
-    return trainer_class(
+            use_packed_sdpa(model)  # SDPA per example; no-op for eager attention
+    trainer = trainer_class(
         model=model,
         args=config,
         data_collator=collator,
@@ -132,3 +143,6 @@ def build_trainer(*, model, tokenizer, config, train, validation, callbacks, opt
         callbacks=callbacks,
         optimizers=optimizers,
     )
+    if trainer_class.plain_loss and accepts_target_mask(model):
+        trainer.compute_loss_func = target_cross_entropy
+    return trainer
