@@ -241,6 +241,7 @@ RULES = [
     ({**K8S, **QWEN7, "gpus_per_node": 2, "booster": "unsloth"}, None, "booster", "unsloth", ["exactly one GPU", "1 node(s) × 2"]),
     ({**K8S, **QWEN7, "nodes": 2, "booster": "unsloth"}, None, "booster", "unsloth", ["exactly one GPU"]),
     ({"booster": "unsloth"}, None, "booster", "unsloth", ["exactly one GPU", "× 0"]),
+    ({**K8S, **QWEN7, "booster": "unsloth"}, None, "booster", "unsloth", ["not in airtune's training image", "liger_kernel"]),
     ({"booster": "flash_attention_2"}, None, "booster", "flash_attention_2", ["CUDA GPU", "fp32"]),
     ({**K8S, **QWEN7, "compute_type": "fp32", "booster": "flash_attention_2"}, None, "booster", "flash_attention_2",
      ["fp16 or bf16", "fp32"]),

@@ -442,6 +442,12 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     elif booster == "unsloth" and location and total_gpus != 1:
         refuse("booster", f"unsloth trains on exactly one GPU in total; this job has {nodes} node(s) × {gpus} GPU(s)",
                "nodes", "gpus_per_node", "gpu_type", "location")
+    elif booster == "unsloth" and location:
+        # Refused before any GPU is asked for, rather than failing in the pod: see args.py.
+        refuse("booster", "Unsloth is not in airtune's training image and airtune's trainer does not load models "
+                          "through it (it imports only with a CUDA GPU and patches transformers and TRL, which airtune "
+                          "pins); use auto (flash-attention 2 where installed, else SDPA) or liger_kernel",
+               "gpu_type", "location")
     elif booster == "liger_kernel" and location and device != "cuda":
         refuse("booster", "liger_kernel needs a CUDA GPU (its kernels are Triton kernels) and this job trains on "
                           "the CPU", "gpu_type", "gpus_per_node", "location")

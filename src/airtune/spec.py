@@ -483,11 +483,12 @@ class JobSpec:
         label_en="Booster", label_zh="加速方式",
         help_en="auto: the flash-attn package where it is installed and the GPU supports it, else PyTorch SDPA "
                 "(whose flash kernel serves fp16/bf16 on CUDA). flash_attention_2 needs fp16/bf16 on a CUDA GPU; "
-                "unsloth needs exactly one GPU in total and no ZeRO-3; liger_kernel needs a CUDA GPU.",
+                "unsloth needs exactly one GPU in total and no ZeRO-3, and is refused by validate while airtune's "
+                "training image lacks it; liger_kernel needs a CUDA GPU.",
         help_zh="加速方式指使用的模型加速技术，以提高训练和推理速度。unsloth和flash_attention_2是常用的加速方法。"
                 "根据硬件支持情况和加速效果选择，同时需要注意使用的模型是否适用以上的加速模式。"
                 "auto：已安装flash-attn且GPU支持时用它，否则用PyTorch SDPA。flash_attention_2需要CUDA GPU上的fp16/bf16；"
-                "unsloth只能用于总共一张GPU且不能与ZeRO-3同用。",
+                "unsloth只能用于总共一张GPU且不能与ZeRO-3同用；airtune的训练镜像未包含unsloth，校验时会拒绝。",
     )
     distributed: str = _f(
         "auto", section=3, kind="choice", choices=("auto", "ddp", "zero2", "zero3", "zero3_offload"),
