@@ -103,3 +103,39 @@ def test_target_cross_entropy_equals_the_models_loss_and_gradients(tiny_model_di
     none = torch.full_like(batch["labels"], -100)
     out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False, logits_to_keep=none != -100)
     assert float(target_cross_entropy(out, none)) == 0.0
+
+
+def test_one_row_batch_trains_like_the_padded_batch(tiny_model_dir):
+    """Rows that are not packed, on the CPU: the batch laid back to back in one row (padding-free) under
+    airtune_packed_sdpa, with the loss on the targets, gives the loss and gradients of the padded batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from airtune.train.loss import shifted_targets, target_cross_entropy
+    from airtune.train.packed_attention import use_packed_sdpa
+    from airtune.train.sft import PackedRowsCollator
+
+    rows = [list(range(5, 25)), list(range(30, 42)), list(range(50, 57))]
+    examples = [{"input_ids": r, "labels": [-100] * 3 + r[3:]} for r in rows]
+    width = max(map(len, rows))
+    padded = {
+        "input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        "labels": torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in examples]),
+    }
+    one = PackedRowsCollator(pad_token_id=0, one_row=True)(examples)
+    assert one["input_ids"].shape == (1, 39) and int(one.pop("num_real_tokens")) == 39
+    assert one["position_ids"][0].tolist() == [*range(20), *range(12), *range(7)]
+
+    reference_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert use_packed_sdpa(model)
+    reference = reference_model(**padded, use_cache=False).loss
+    reference.backward()
+    labels = one.pop("labels")
+    out = model(**one, use_cache=False, logits_to_keep=shifted_targets(labels) != -100)
+    loss = target_cross_entropy(out, labels)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    for (name, p), q in zip(reference_model.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

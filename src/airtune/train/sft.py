@@ -12,6 +12,12 @@ each example, so attention never crosses examples:
   causal kernel once per example, no mask (the work is the sum of the examples' squared lengths);
   under eager attention, transformers builds a block-diagonal causal mask per row from the position_ids.
 
+Rows that are not packed are batched padded (TRL's collator), except on the CPU under SDPA: there the
+batch's rows are laid back to back in one row (`PackedRowsCollator(one_row=True)`) and attend with
+`packed_sdpa`, so no matrix product runs on padding. The examples, the batches and the loss are those
+of the padded batch (docs/benchmarks.md; tests/train/test_packed_rows.py checks the gradients). On GPUs
+this is not done (not measured there).
+
 On the CPU the loss is the model's own causal-LM loss, computed on the target tokens alone
 (`loss.target_cross_entropy`) rather than with TRL's fused LM head (`AirtuneSFTTrainer`).
 Stage `pt` trains with this module's trainer too.
@@ -38,13 +44,24 @@ class PackedRowsCollator:
     """Packed rows padded to the batch's longest row: input_ids, labels (-100 on padding), position_ids
     restarting at each example (from `seq_lengths`, the column TRL keeps; the padding a run of its own), no
     attention mask; and `num_real_tokens`, the tokens that are not padding,
-    which `AirtuneSFTTrainer` counts (TRL would count the padded length of one row)."""
+    which `AirtuneSFTTrainer` counts (TRL would count the padded length of one row).
 
-    def __init__(self, pad_token_id: int):
+    `one_row`: the batch's rows laid back to back in one row (padding-free; a row without `seq_lengths`
+    is one example). With attention per example and the loss on the targets, this computes what the
+    padded batch computes, without the padding."""
+
+    def __init__(self, pad_token_id: int, *, one_row: bool = False):
         self.pad_token_id = pad_token_id
+        self.one_row = one_row
 
     def __call__(self, examples: list[dict]) -> dict:
+        import itertools
+
         import torch
+
+        if self.one_row and len(examples) > 1:
+            examples = [{key: list(itertools.chain.from_iterable(e.get(key) or [len(e["input_ids"])] for e in examples))
+                         for key in ("input_ids", "labels", "seq_lengths")}]
 
         width = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
@@ -54,7 +71,7 @@ class PackedRowsCollator:
             n = len(e["input_ids"])
             ids[i, :n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
             labels[i, :n] = torch.as_tensor(e["labels"], dtype=torch.long)
-            positions[i, :n] = torch.cat([torch.arange(k, dtype=torch.long) for k in e["seq_lengths"]])
+            positions[i, :n] = torch.cat([torch.arange(k, dtype=torch.long) for k in e.get("seq_lengths") or [n]])
             positions[i, n:] = torch.arange(width - n, dtype=torch.long)  # restarts at 0: its own block
         labels[positions == 0] = -100  # an example's first token is no target of the one before (as TRL's collator)
         real = sum(len(e["input_ids"]) for e in examples)
@@ -123,16 +140,21 @@ def build_trainer(*, model, tokenizer, config, train, validation, callbacks, opt
     from airtune.train.packed_attention import use_packed_sdpa
 
     trainer_class, collator = _trainer_class(), None
-    trainer_class.plain_loss = bool(getattr(config, "use_cpu", False))
+    on_cpu = bool(getattr(config, "use_cpu", False))
+    trainer_class.plain_loss = on_cpu
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if "position_ids" in train.column_names:
         train = with_seq_lengths(train)
         if validation is not None and "position_ids" in validation.column_names:
             validation = with_seq_lengths(validation)
         if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
             config.padding_free = False  # each packed row a row of its own (module docstring)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             collator = PackedRowsCollator(pad)
             use_packed_sdpa(model)  # SDPA per example; no-op for eager attention
+    elif on_cpu and use_packed_sdpa(model):
+        # Rows not packed, on the CPU: the batch is trained padding-free, as one row (module docstring).
+        config.padding_free = False
+        collator = PackedRowsCollator(pad, one_row=True)
     trainer = trainer_class(
         model=model,
         args=config,
