@@ -9,10 +9,11 @@ optimizer steps, learning rate 1e-4 (cosine, no warm-up), fp32, on alpaca_en_dem
 evaluation, no checkpoints, gradient checkpointing off for both (on this CPU it costs ~30 %).
 
 Two configurations, each tool in its own way:
-- `padded`: no packing; every batch padded to its longest row.
-- `packed`: airtune `packing: true` (rows packed best-fit into cutoff_len, trained padding-free,
-  attention kept within each example); LLaMA-Factory `packing: true` (its best here, per BENCH-NOTES;
-  its packed rows let examples attend to each other, and count their tail padding as tokens).
+- `padded`: `packing: false`, each batch 8 examples: LLaMA-Factory pads them to the longest; airtune
+  on the CPU lays them back to back in one row (padding-free, attention per example; same loss).
+- `packed`: airtune `packing: true` (rows packed best-fit into cutoff_len, attention kept within each
+  example); LLaMA-Factory `packing: true` (its best here, per BENCH-NOTES; its packed rows let examples
+  attend to each other, and count their tail padding as tokens).
 
 Measured: non-padding tokens trained / the trainer's `train_runtime` (model loading and data
 preparation not included: both tools prepare before the clock starts), and the peak RSS of the
