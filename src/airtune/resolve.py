@@ -122,7 +122,7 @@ def detect_hardware() -> dict:
     hw.update(
         cuda_devices=n,
         bf16=bool(torch.cuda.is_bf16_supported()),
-        flash_attn=importlib.util.find_spec("flash_attn") is not None and min(p.major for p in props) >= 8,
+        flash_attn=installed("flash_attn") and min(p.major for p in props) >= 8,
         eetq=_eetq_kernels_cached(),
         gpu_memory_gib=round(min(p.total_memory for p in props) / 2**30, 1),
     )
@@ -135,7 +135,7 @@ def installed(package: str) -> bool:
 
 
 def _eetq_kernels_cached() -> bool:
-    if importlib.util.find_spec("kernels") is None:
+    if not installed("kernels"):
         return False
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")

@@ -30,8 +30,9 @@ def shifted_targets(labels):
 def accepts_target_mask(model) -> bool:
     """Whether the (PEFT-wrapped) causal LM takes `logits_to_keep` as a boolean (batch, length) mask:
     its forward has the argument and slices with transformers' `slice_logits_to_keep`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forward = type(base).forward
+    from airtune.train.model import base_model
+
+    forward = type(base_model(model)).forward
     if "logits_to_keep" not in inspect.signature(forward).parameters:
         return False
     return getattr(inspect.getmodule(forward), "slice_logits_to_keep", None) is not None

@@ -137,6 +137,11 @@ def freeze_all_but_last_layers(model, n: int, *, upcast: bool = True) -> list[st
     return names
 
 
+def base_model(model):
+    """The transformers model under a PEFT wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -74,7 +74,9 @@ def register() -> str:
 
 def use_packed_sdpa(model) -> bool:
     """Switch a (PEFT-wrapped) model from SDPA to packed_sdpa; False (unchanged) where it cannot be set."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from airtune.train.model import base_model
+
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
     register()

@@ -60,8 +60,8 @@ class PackedRowsCollator:
         import torch
 
         if self.one_row and len(examples) > 1:
-            examples = [{key: list(itertools.chain.from_iterable(e.get(key) or [len(e["input_ids"])] for e in examples))
-                         for key in ("input_ids", "labels", "seq_lengths")}]
+            examples = [{key: list(itertools.chain.from_iterable(e[key] for e in examples)) for key in ("input_ids", "labels")}
+                        | {"seq_lengths": [n for e in examples for n in e.get("seq_lengths") or [len(e["input_ids"])]]}]
 
         width = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
