@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.airtune-installed
 export AIRTUNE_HOME ?= $(CURDIR)/.airtune
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast up down status tiny-model constraints clean image lint
+.PHONY: install demo test test-fast up down status tiny-model constraints clean image lint form-doc
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ tiny-model: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/airtune make-tiny-model
-	@# make demo replaces its own earlier demo job (FORM.md: a name identifies one job)
+	@# make demo replaces its own earlier demo job (docs/form.md#job-names: a name identifies one job)
 	$(BIN)/airtune delete demo --yes --force >/dev/null
 	$(BIN)/airtune run examples/demo.yaml
 
@@ -51,6 +51,12 @@ status:
 # Re-pin every dependency to what is installed in .venv now (run after changing pyproject.toml).
 constraints:
 	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|airtune)==' > constraints.txt
+
+# docs/form.md, the job form's reference, from the field table in src/airtune/spec.py
+# (`airtune form-doc --check` and tests/test_formdoc.py fail when it is out of date).
+form-doc:
+	@test -x $(BIN)/airtune || $(MAKE) install
+	$(BIN)/airtune form-doc
 
 clean:
 	rm -rf .airtune

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def lf_args(a, dataset_dir: Path, output_dir: Path) -> dict:
-    """BENCH-NOTES' reference setup, as LLaMA-Factory's arguments."""
+    """The reference setup (docs/benchmarks.md), as LLaMA-Factory's arguments."""
     return {
         "model_name_or_path": str(a.model), "trust_remote_code": False,
         "stage": "sft", "do_train": True, "finetuning_type": "lora",

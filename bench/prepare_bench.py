@@ -16,7 +16,7 @@ Two times per run: `processing`: load + check + template + tokenize + write, wit
 already loaded (LLaMA-Factory: its `get_dataset` call; airtune: `prepare` less its tokenizer
 loading); `command`: the whole process, imports and tokenizer loading included.
 
-LLaMA-Factory is installed by bench/setup_llamafactory.sh into its own virtualenv (shared/BENCH-NOTES.md).
+LLaMA-Factory is installed by bench/setup_llamafactory.sh into its own virtualenv (the recipe: docs/benchmarks.md, Setup).
 """
 
 from __future__ import annotations

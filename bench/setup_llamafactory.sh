@@ -3,7 +3,7 @@
 #
 #   bash bench/setup_llamafactory.sh [VENV]      (default: .airtune/bench/llamafactory-venv)
 #
-# Recipe from shared/BENCH-NOTES.md: torch 2.13.0 first (the CPU wheel here), then llamafactory with
+# The recipe (docs/benchmarks.md, Setup): torch 2.13.0 first (the CPU wheel here), then llamafactory with
 # torch/torchvision pinned, then torchvision removed and torchaudio's compiled extension disabled (their PyPI
 # wheels are CUDA builds that fail beside the CPU torch; text-only preprocessing needs neither).
 set -euo pipefail

@@ -3,7 +3,7 @@
     bash bench/setup_llamafactory.sh          # once: LLaMA-Factory 0.9.5 in its own virtualenv
     .venv/bin/python bench/train_bench.py [--repeats 3] [--configs padded packed] [--steps 25]
 
-The setup is shared/BENCH-NOTES.md's reference: tiny-llama-dev (4 layers, 1.8 M parameters), LoRA
+The setup is the reference one (docs/benchmarks.md): tiny-llama-dev (4 layers, 1.8 M parameters), LoRA
 rank 8 (alpha 16, dropout 0) on all linear layers, template chatml, cutoff_len 512, batch 8, 25
 optimizer steps, learning rate 1e-4 (cosine, no warm-up), fp32, on alpaca_en_demo (999 rows), no
 evaluation, no checkpoints, gradient checkpointing off for both (on this CPU it costs ~30 %).
@@ -12,7 +12,7 @@ Two configurations, each tool in its own way:
 - `padded`: `packing: false`, each batch 8 examples: LLaMA-Factory pads them to the longest; airtune
   on the CPU lays them back to back in one row (padding-free, attention per example; same loss).
 - `packed`: airtune `packing: true` (rows packed best-fit into cutoff_len, attention kept within each
-  example); LLaMA-Factory `packing: true` (its best here, per BENCH-NOTES; its packed rows let examples
+  example); LLaMA-Factory `packing: true` (its best here in earlier measurements; its packed rows let examples
   attend to each other, and count their tail padding as tokens).
 
 Measured: non-padding tokens trained / the trainer's `train_runtime` (model loading and data
@@ -39,7 +39,7 @@ CONFIGS = ("padded", "packed")
 
 
 def job_mapping(config: str, *, steps: int, batch: int, cutoff: int, rank: int, lr: float) -> dict:
-    """The airtune job (FORM.md keys) for one configuration."""
+    """The airtune job (docs/form.md keys) for one configuration."""
     return {
         "name": f"bench-train-{config}", "base_model": "tiny-llama-dev", "template": "chatml",
         "finetuning_method": "lora", "stage": "sft", "dataset": ["alpaca_en_demo"],

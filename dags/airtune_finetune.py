@@ -1,7 +1,7 @@
 """airtune_finetune: one fine-tuning job per DAG run.
 
 Trigger it from the form (Trigger DAG ▸ the job form), from the REST API with the job as `conf`,
-or with `airtune run FILE.yaml`. The fields are FORM.md's; a value left empty uses its default.
+or with `airtune run FILE.yaml`. The fields are docs/form.md's; a value left empty uses its default.
 
     validate ─► prepare_dataset ─► choose_launcher ─► train_local ─► register
                                                    (one train task per launcher kind)

@@ -1,6 +1,6 @@
 """airtune_retrain__<name>: one DAG per file of configs/jobs/, retraining that job on its schedule.
 
-A job file is a job (FORM.md's flat mapping) plus `schedule`: a cron expression, Airflow assets
+A job file is a job (the flat mapping of docs/form.md) plus `schedule`: a cron expression, Airflow assets
 (retrain when a dataset is updated: a producing DAG's outlet or `POST /api/v2/assets/events`), or
 both (AssetOrTimeSchedule). Every run builds the same graph as airtune_finetune
 (airtune.job_graph) from the file's job, validated like any conf, and registers a new version of

@@ -1,5 +1,5 @@
 """DAG integrity (as in the Astronomer template): every DAG imports, has tags and retries, and parsing
-loads none of the heavy training or tracking libraries (DESIGN.md: DAG files parse in well under a second)."""
+loads none of the heavy training or tracking libraries (DAG files must parse in well under a second)."""
 
 from __future__ import annotations
 

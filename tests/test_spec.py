@@ -1,7 +1,7 @@
-"""airtune.spec: every FORM.md field, its defaults, and every rule that needs no catalog.
+"""airtune.spec: every field of the job form (docs/form.md), its defaults, and every rule that needs no catalog.
 
 Each rule is one row of a table: the bad value must be refused with a message that names the field,
-the value and what is accepted (FORM.md), and a good neighbour of it must pass, so a rule that
+the value and what is accepted (docs/form.md), and a good neighbour of it must pass, so a rule that
 refused everything would fail here too.
 """
 
@@ -22,7 +22,7 @@ from airtune.spec import FIELDS, SECTIONS, FieldError, SpecError, param_schema, 
 
 BASE = {"name": "demo-job", "base_model": "tiny-llama-dev", "dataset": "identity"}
 
-# FORM.md's keys, in FORM.md's order, by section.
+# The form's keys, in its order, by section (docs/form.md).
 FORM_KEYS = {
     1: ["name", "location", "base_model", "template", "finetuning_method", "stage", "dataset", "reward_model",
         "parent_job"],
@@ -37,7 +37,7 @@ FORM_KEYS = {
         "decay_ratio"],
 }
 
-# The defaults FORM.md gives (None: empty, filled in by resolve where the option applies).
+# The defaults docs/form.md gives (None: empty, filled in by resolve where the option applies).
 FORM_DEFAULTS = {
     "location": "local", "template": "auto", "finetuning_method": "lora", "stage": "sft", "reward_model": None,
     "parent_job": None, "gpu_type": None, "gpus_per_node": None, "nodes": 1, "cpu": 8, "memory_gib": 64,
@@ -71,18 +71,11 @@ def test_every_form_key_in_form_order_and_section():
     assert SECTIONS[3].number == 4
 
 
-def test_form_md_lists_the_same_keys_when_present():
-    """The shared FORM.md (outside the repository) and the table agree, key for key."""
-    form = Path(__file__).resolve().parents[2] / "shared" / "FORM.md"
-    if not form.is_file():
-        pytest.skip("shared/FORM.md is not next to this checkout")
-    text = form.read_text(encoding="utf-8")
-    keys = []
-    for line in text.splitlines():
-        m = re.match(r"^\| `([a-z_0-9]+)`(?:, `([a-z_0-9]+)`)? \|", line)
-        if m:
-            keys += [k for k in m.groups() if k]
-    assert keys == [f.name for f in FIELDS]
+def test_docs_form_md_lists_the_same_keys():
+    """docs/form.md (written from the table: tests/test_formdoc.py) has these keys, in this order."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "form.md").read_text(encoding="utf-8")
+    keys = re.findall(r"^### `([a-z_0-9]+)`$", text, flags=re.M)
+    assert keys == [k for n in (1, 2, 3, 4) for k in FORM_KEYS[n]]
 
 
 def test_defaults_are_form_md_defaults():

@@ -1,6 +1,6 @@
 """`airtune`: validate, prepare, run and manage fine-tuning jobs from the command line.
 
-Every command takes the same flat job mapping as the trigger form and the REST `conf` (FORM.md).
+Every command takes the same flat job mapping as the trigger form and the REST `conf` (docs/form.md).
 Heavy modules are imported inside the commands, so `airtune --help` and `validate` stay quick.
 """
 
@@ -20,7 +20,7 @@ def _load_job_file(path: str) -> dict:
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise SystemExit(f"{path}: a job file is one flat mapping of FORM.md's keys")
+        raise SystemExit(f"{path}: a job file is one flat mapping of the keys of docs/form.md")
     data.pop("schedule", None)  # retraining job files carry their schedule beside the spec
     return data
 
@@ -179,6 +179,21 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_form_doc(args) -> int:
+    """Write docs/form.md from the field table (airtune.spec), or with --check fail when it is stale."""
+    from airtune import formdoc
+
+    if args.check:
+        problem = formdoc.check(args.out)
+        if problem:
+            print(f"form-doc: {problem}", file=sys.stderr)
+            return 1
+        print(f"form-doc: {args.out or formdoc.default_path()} is current")
+        return 0
+    print(formdoc.write(args.out))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +233,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dag-id", default="airtune_finetune", help="the DAG the run belongs to (default: airtune_finetune)")
     p.add_argument("--run-id", default="manual__render", help="the DAG run id the names and labels are derived from")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("form-doc", help="write docs/form.md (the job form's reference) from the field table")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when docs/form.md is not current")
+    p.add_argument("--out", type=Path, help="the file (default: docs/form.md of this checkout)")
+    p.set_defaults(func=cmd_form_doc)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
     p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")

@@ -1,6 +1,6 @@
 """The job form: JobSpec fields as Airflow `Param`s, and a DAG run's conf back as a job mapping.
 
-`dag_params()` builds one Param per FORM.md field, in FORM.md's section order, from the field table
+`dag_params()` builds one Param per field of the job form (docs/form.md), in its section order, from the field table
 in `airtune.spec`: title (the label), description (the help text with the seed's recommended range),
 section, default, and the JSON schema of the field's single-field rules (`spec.param_schema`), so
 Airflow itself refuses a bad single value when a run is triggered (the form shows the error; the
@@ -9,7 +9,7 @@ GPU types come from the catalog. Rules between fields are the validate task's (`
 
 Airflow 3.3.2's trigger form has no per-section "collapsed" setting: it opens only its own default
 section ("Run Parameters") and shows every named section as a closed accordion item, marking in red
-a section that still lacks a required value. So all four FORM.md sections start closed there, and
+a section that still lacks a required value. So all four of the form's sections start closed there, and
 section 4 is last.
 
 Labels and help are English or Chinese: the `lang` argument, else `AIRTUNE_FORM_LANG` (en, zh).
@@ -110,7 +110,7 @@ def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
 
 
 def dag_params(lang: str | None = None, catalog=None) -> dict:
-    """One Airflow Param per FORM.md field, in FORM.md's order (name -> airflow.sdk.Param)."""
+    """One Airflow Param per field, in the form's order (name -> airflow.sdk.Param)."""
     from airflow.sdk import Param
 
     from airtune.catalog import Catalog
@@ -137,7 +137,7 @@ def _form_default(f: FieldInfo) -> Any:
 
 def conf_to_mapping(params_or_conf: Mapping) -> dict:
     """A DAG run's params / conf as the job mapping `spec.parse` takes: empty values dropped, so parse
-    applies the defaults (FORM.md: a value left empty means the default). Unknown keys are kept, so
+    applies the defaults (docs/form.md: a value left empty means the default). Unknown keys are kept, so
     parse refuses them."""
     out = {}
     for key, value in dict(params_or_conf).items():

@@ -8,7 +8,7 @@
 dags/airtune_retrain.py). The two DAGs differ only in where the job comes from:
 
 - airtune_finetune: the run's params (the trigger form, a REST `conf`, `airtune run`); each run
-  claims its name for good (FORM.md: a name identifies one job).
+  claims its name for good (docs/form.md#job-names: a name identifies one job).
 - a retraining DAG: its job file, read at parse time (`job=`); the DAG owns the name, so every run
   registers a new version of the same model.
 

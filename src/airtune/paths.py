@@ -23,7 +23,7 @@ def config_dir() -> Path:
 
 
 def workspace() -> Path:
-    """`<workspace>/jobs/<name>/<run_id>/` holds each job run's artefacts (DESIGN.md)."""
+    """`<workspace>/jobs/<name>/<run_id>/` holds each job run's artefacts (docs/architecture.md)."""
     return Path(os.environ.get("AIRTUNE_WORKSPACE") or (airtune_home() / "workspace")).resolve()
 
 

@@ -32,7 +32,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def claim_name(name: str, owner: str, run_id: str) -> Path:
-    """Take the job name for this DAG run (FORM.md: a name identifies one job).
+    """Take the job name for this DAG run (docs/form.md#job-names: a name identifies one job).
 
     The first run of a name writes `<workspace>/jobs/<name>/.owner.json` with O_EXCL, so two runs
     started at once cannot both take it. `owner` is the DAG run (on-demand jobs) or the DAG id

@@ -103,7 +103,7 @@ def _int_or(value: Any, default: int) -> int:
 
 
 def gpus_of(mapping: Mapping) -> int:
-    """The GPUs a job (a flat FORM.md mapping, not yet resolved) trains on: nodes x gpus_per_node.
+    """The GPUs a job (a flat mapping of docs/form.md's keys, not yet resolved) trains on: nodes x gpus_per_node.
 
     An empty gpus_per_node means every GPU of the machine on local (at most one job runs there
     anyway) and 1 on Kubernetes, as airtune.resolve decides. At least 1: a CPU job still takes a slot.

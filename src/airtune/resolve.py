@@ -2,7 +2,7 @@
 
 It looks the job's names up in the catalog, resolves every `auto` (template, GPU type and count,
 compute type, booster, distributed strategy) and the defaults that depend on the method or stage
-(LoRA 8/16/0.1, lora_target, packing, ...), applies FORM.md's rules that need the catalog, the
+(LoRA 8/16/0.1, lora_target, packing, ...), applies docs/form.md's rules that need the catalog, the
 hardware or earlier jobs, and estimates the GPU memory one training process needs. Every error
 comes at once, in one `SpecError`. The shape of the result is docs/architecture.md's.
 
@@ -26,7 +26,7 @@ from airtune import paths
 from airtune.catalog import Catalog, Location, ModelEntry
 from airtune.spec import APPLIED_DEFAULTS, FieldError, JobSpec, SpecError, parse_partial
 
-# FORM.md: the dataset's format must fit the stage. grpo takes its prompts from sft data.
+# docs/form.md: the dataset's format must fit the stage. grpo takes its prompts from sft data.
 STAGE_DATASET_KINDS = {
     "sft": ("sft",), "pt": ("text",), "rm": ("preference",), "dpo": ("preference",), "kto": ("kto",),
     "grpo": ("sft",),
@@ -35,7 +35,7 @@ KIND_WORDS = {
     "sft": "instructions or conversations", "text": "plain text", "preference": "preference pairs",
     "kto": "examples labelled desirable/undesirable",
 }
-# FORM.md: a parent is a finished pt, sft, dpo, kto or grpo job (an rm job is no parent).
+# docs/form.md: a parent is a finished pt, sft, dpo, kto or grpo job (an rm job is no parent).
 PARENT_STAGES = ("pt", "sft", "dpo", "kto", "grpo")
 HALF = ("fp16", "bf16", "pure_bf16")
 ZERO3 = ("zero3", "zero3_offload")

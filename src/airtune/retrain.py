@@ -1,6 +1,6 @@
 """Retraining jobs: the files of configs/jobs/, read cheaply when dags/airtune_retrain.py is parsed.
 
-A job file is a job (the flat mapping of FORM.md's keys, as for `airtune run`) plus one key beside
+A job file is a job (the flat mapping of docs/form.md's keys, as for `airtune run`) plus one key beside
 it, `schedule`, which says when it retrains:
 
     schedule: "0 3 * * 1"                  # cron (or @daily, @weekly, ...): every Monday 03:00 UTC
@@ -201,7 +201,7 @@ def load_file(path: Path) -> RetrainJob:
         return RetrainJob(stem, path, errors=(f"(file): not readable YAML{at}: {getattr(exc, 'problem', None) or exc}",), fields=("(file)",))
     if not isinstance(data, dict):
         return RetrainJob(stem, path, errors=(f"(file): {type(data).__name__} at the top is not accepted: a job file is one "
-                                              "flat mapping of FORM.md's keys plus `schedule`",), fields=("(file)",))
+                                              "flat mapping of docs/form.md's keys plus `schedule`",), fields=("(file)",))
     mapping = dict(data)
     errors: list[str] = []
     fields: list[str] = []

@@ -1,10 +1,10 @@
-"""The job spec: every field of FORM.md, defined once.
+"""The job spec: every field of the job form, defined once (docs/form.md is written from it).
 
 Each field of `JobSpec` carries, in its `metadata` (as TRL's `SFTConfig` carries its help text), what
 the form, the docs and the error messages need: section, labels and help text in English and
-Chinese (the Chinese wording from the platform document in `shared/seed/`, with its recommended
+Chinese (the Chinese wording from the platform's original job form, with its recommended
 ranges), the accepted values and limits, and the stage/method a field is used with. `FIELDS` is that
-table, in FORM.md's order; `param_schema(name)` turns a row into the JSON schema Airflow checks at
+table, in the form's order; `param_schema(name)` turns a row into the JSON schema Airflow checks at
 trigger time.
 
 `parse(mapping)` turns the flat mapping of a job YAML file, the trigger form or a REST `conf` into a
@@ -76,7 +76,7 @@ SECTIONS: tuple[Section, ...] = (
     Section(1, "Basic information", "任务基本信息"),
     Section(2, "Task configuration", "任务配置"),
     Section(3, "Advanced configuration", "高级配置"),
-    # FORM.md: beyond the seed; shown last (LLaMA-Factory has each of these options).
+    # Beyond the platform's original form; shown last (LLaMA-Factory has each of these options).
     Section(4, "Further options", "更多选项"),
 )
 
@@ -98,7 +98,7 @@ SEED_MAX = 2**32 - 1
 
 # -- extra_args: keys airtune sets itself ---------------------------------------------------------
 
-# FORM.md: output and logging folders, report_to, deepspeed, ranks and hub pushing are airtune's.
+# docs/form.md: output and logging folders, report_to, deepspeed, ranks and hub pushing are airtune's.
 EXTRA_ARGS_RESERVED = frozenset({
     "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
     "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy", "ddp_backend",
@@ -130,10 +130,10 @@ def _f(default: Any = None, *, section: int, kind: str, label_en: str, label_zh:
        catalog: str | None = None, gt: float | None = None, ge: float | None = None,
        lt: float | None = None, le: float | None = None, pattern: str | None = None,
        max_length: int | None = None, used_with: dict | None = None) -> Any:
-    """A JobSpec field with its FORM.md row as metadata.
+    """A JobSpec field with its row of the form as metadata.
 
     `used_with`: the values of other fields this option means something with, e.g.
-    {"finetuning_method": ("lora",)}; given with anything else, it is an error (FORM.md).
+    {"finetuning_method": ("lora",)}; given with anything else, it is an error (docs/form.md).
     `default_en/zh` describe a default that depends on other fields ("empty; with lora: 8").
     """
     metadata = dict(
@@ -157,7 +157,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One fine-tuning job, as FORM.md defines it.
+    """One fine-tuning job, as docs/form.md defines it.
 
     Section 1, basic information: name, location, base_model, template, finetuning_method, stage,
     dataset, reward_model, parent_job.
@@ -426,7 +426,7 @@ class JobSpec:
         recommended_en="0.1-0.3, depending on overfitting and dataset size",
         recommended_zh="0.1-0.3，视过拟合程度和数据集规模而定",
     )
-    # FORM.md: the seed describes this field differently (and recommends 0.5-1.0, which would make B
+    # The platform's original form describes this field differently (and recommends 0.5-1.0, which would make B
     # learn slower than A); this help text says what LoRA+ and PEFT really do with it.
     loraplus_lr_ratio: float | None = _f(
         section=2, kind="float", gt=0, used_with=LORA,
@@ -681,7 +681,7 @@ class JobSpec:
 
 
 # Defaults that depend on the method, stage or scheduler: what `resolve` fills in when the field is
-# empty and the option applies (FORM.md).
+# empty and the option applies (docs/form.md).
 APPLIED_DEFAULTS = {
     "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "freeze_trainable_layers": 2,
     "pref_loss": "sigmoid", "pref_beta": 0.1, "min_lr_rate": 0.1, "decay_ratio": 0.1,
@@ -693,7 +693,7 @@ APPLIED_DEFAULTS = {
 
 @dataclass(frozen=True)
 class FieldInfo:
-    """One FORM.md row: what the form, the docs and the errors read."""
+    """One row of the form: what the form, the docs and the errors read."""
 
     name: str
     section: int
@@ -1003,7 +1003,7 @@ def _unknown_key_error(key: str, value: Any) -> FieldError:
     if not close and len(str(key)) >= 4:  # 'epochs' -> num_train_epochs
         close = [name for name in FIELD_BY_NAME if str(key).lower() in name][:1]
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return FieldError(str(key), value, f"unknown key; {hint}the accepted keys are FORM.md's: " + ", ".join(FIELD_BY_NAME))
+    return FieldError(str(key), value, f"unknown key; {hint}the accepted keys (docs/form.md): " + ", ".join(FIELD_BY_NAME))
 
 
 def _extra_args_errors(extra: dict) -> list[FieldError]:
@@ -1025,14 +1025,14 @@ def _given(value: Any) -> bool:
 
 
 def _cross_field_errors(v: dict, bad: set) -> list[FieldError]:
-    """FORM.md's rules between fields that need no catalog. Fields already refused are skipped."""
+    """The form's rules between fields that need no catalog (docs/form.md). Fields already refused are skipped."""
     errors: list[FieldError] = []
 
     def refuse(name: str, message: str, *others: str) -> None:
         if name not in bad and not bad.intersection(others):
             errors.append(FieldError(name, v[name], message))
 
-    # Options used only with some methods / stages / schedulers (FORM.md: an error when given otherwise).
+    # Options used only with some methods / stages / schedulers (docs/form.md: an error when given otherwise).
     for f in FIELDS:
         for other, allowed in f.used_with.items():
             if _given(v[f.name]) and v[other] not in allowed:
@@ -1071,7 +1071,7 @@ def _collect(mapping: Mapping) -> tuple[dict, list[FieldError], set]:
     """(values, errors, refused field names). Refused or missing fields hold their default (None
     for required ones), so `resolve` can still check the rest: all errors are reported at once."""
     if not isinstance(mapping, Mapping):
-        raise SpecError([FieldError("job", type(mapping).__name__, "a job is one flat mapping of FORM.md's keys")])
+        raise SpecError([FieldError("job", type(mapping).__name__, "a job is one flat mapping of the keys of docs/form.md")])
     errors: list[FieldError] = []
     bad: set[str] = set()
     values = {f.name: (None if f.required else json.loads(json.dumps(f.default))) for f in FIELDS}
@@ -1081,7 +1081,7 @@ def _collect(mapping: Mapping) -> tuple[dict, list[FieldError], set]:
             errors.append(_unknown_key_error(key, value))
             continue
         if _is_empty(value):
-            continue  # empty means the default (FORM.md)
+            continue  # empty means the default (docs/form.md)
         try:
             values[key] = _convert(f, value)
         except _Bad as exc:

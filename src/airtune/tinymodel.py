@@ -2,7 +2,7 @@
 
 No model hub is reachable from our machines, so tests, the demo and the benchmarks use this model.
 Shape: 4 layers, hidden 128, vocabulary 4,096: about 1.8 M parameters, the same size as the model
-in BENCH-NOTES.md's reference figures, so our figures compare with them.
+of the reference LLaMA-Factory figures (docs/benchmarks.md), so our figures compare with them.
 """
 
 from __future__ import annotations

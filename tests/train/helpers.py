@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "llamafactory-demo"
 
-# Every FORM.md key with its default, as `validate` would resolve it for tiny-llama-dev on the CPU.
+# Every key of docs/form.md with its default, as `validate` would resolve it for tiny-llama-dev on the CPU.
 SPEC_DEFAULTS = {
     "name": "train-test", "location": "local", "base_model": "tiny-llama-dev", "template": "chatml",
     "finetuning_method": "lora", "stage": "sft", "dataset": ["identity"], "reward_model": None, "parent_job": None,

@@ -59,7 +59,7 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     JOB = unique("ui-job")
     login(page, stack)
 
-    # --- the trigger form: FORM.md's sections in order (Airflow's own "Advanced Options" after them)
+    # --- the trigger form: docs/form.md's sections in order (Airflow's own "Advanced Options" after them)
     page.goto(f"{stack.url}/dags/airtune_finetune")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")

@@ -1,4 +1,4 @@
-"""Dataset preparation: load, check, template, tokenize, pack and split (DESIGN.md: prepare_dataset).
+"""Dataset preparation: load, check, template, tokenize, pack and split (the DAG's prepare_dataset task).
 
     prepare(resolved, out_dir, cache_dir=None, num_proc=None, log=print) -> manifest dict
     load_prepared(dir) -> (train, validation or None, manifest)

@@ -21,7 +21,7 @@ from airtune.data.errors import DataError, RowError
 # Bump when the prepared layout or the way rows are encoded changes: old cache entries then miss.
 DATA_VERSION = 1
 
-# Which dataset kinds each stage accepts (FORM.md: the dataset's format must fit the stage).
+# Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage).
 STAGE_KINDS = {
     "sft": ("sft",),
     "pt": ("text",),
@@ -60,7 +60,7 @@ def _options(resolved: dict) -> dict:
 
 
 def check_stage_fit(stage: str, datasets: list[dict]) -> None:
-    """FORM.md: the dataset's format must fit the stage. Raises DataError naming each misfit."""
+    """docs/form.md: the dataset's format must fit the stage. Raises DataError naming each misfit."""
     accepted = STAGE_KINDS.get(stage)
     if accepted is None:
         raise DataError(f"stage: {stage!r} cannot be prepared; accepted: {', '.join(STAGE_KINDS)}")

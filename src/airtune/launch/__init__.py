@@ -1,7 +1,7 @@
 """Launchers: one per backend, each running the same training command (`launch.command`).
 
 Like Kubeflow trainer's backends: `local` runs a process group on this machine; `kubernetes`
-builds pods / indexed Jobs. The DAG picks one per run with a branch task (DESIGN.md).
+builds pods / indexed Jobs. The DAG picks one per run with a branch task.
 """
 
 from __future__ import annotations

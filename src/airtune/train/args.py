@@ -1,6 +1,6 @@
 """The one place that maps the resolved spec to TRL / PEFT / transformers arguments.
 
-Nothing else in airtune speaks both vocabularies (DESIGN.md). `map_spec` returns:
+Nothing else in airtune speaks both vocabularies. `map_spec` returns:
 
 - `config`: the stage's TRL config (`SFTConfig`, ...), a `transformers.TrainingArguments` subclass;
 - `peft`: a `peft.LoraConfig` for `finetuning_method: lora`, else None;
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Keys airtune sets itself: a user may not override them through extra_args (FORM.md).
+# Keys airtune sets itself: a user may not override them through extra_args (docs/form.md).
 RESERVED_KEYS = frozenset({
     "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
     "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy",
@@ -25,7 +25,7 @@ RESERVED_KEYS = frozenset({
 })
 RESERVED_PREFIXES = ("hub_",)
 
-# FORM.md's `optimizer` values are transformers' `optim` names already.
+# docs/form.md's `optimizer` values are transformers' `optim` names already.
 OPTIMIZERS = {"adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd", "lion_8bit"}
 
 
@@ -114,7 +114,7 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
     if scheduler == "cosine_with_min_lr":
         scheduler_kwargs["min_lr_rate"] = float(spec.get("min_lr_rate") or 0.1)
     elif scheduler == "warmup_stable_decay":
-        # transformers' WSD schedule takes its decay length in steps; FORM.md gives a share of all steps
+        # transformers' WSD schedule takes its decay length in steps; docs/form.md gives a share of all steps
         steps = total_steps(train_rows, spec, world_size)
         scheduler_kwargs["num_decay_steps"] = max(1, round(float(spec.get("decay_ratio") or 0.1) * steps))
 

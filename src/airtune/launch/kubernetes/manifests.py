@@ -1,4 +1,4 @@
-"""The one mapping from a resolved job spec to Kubernetes objects (DESIGN.md: one function speaks both
+"""The one mapping from a resolved job spec to Kubernetes objects (one function speaks both
 vocabularies). Nothing else in airtune knows what a pod, a Job or a Service looks like.
 
     location_settings(resolved)   the location's Kubernetes settings (configs/locations.yaml), checked
