@@ -194,6 +194,116 @@ def cmd_form_doc(args) -> int:
     return 0
 
 
+def _read_prompts(args) -> list[str]:
+    """--prompt TEXT, or --prompts FILE (- for standard input): a JSON list of strings, else one prompt a line."""
+    if args.prompt is not None:
+        return [args.prompt]
+    try:
+        text = sys.stdin.read() if args.prompts == "-" else Path(args.prompts).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"airtune generate: cannot read {args.prompts}: {exc.strerror or exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"airtune generate: {args.prompts} is not a JSON list of prompts: {exc}") from None
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise SystemExit(f"airtune generate: {args.prompts}: a JSON prompts file is one list of strings")
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit(f"airtune generate: {args.prompts} holds no prompt")
+    return prompts
+
+
+def _load_for_talk(command: str, args):
+    """The job's model for `generate` / `chat`, or None after printing the one-line reason."""
+    from airtune import inference
+
+    inference.setup_environment()
+    try:
+        version = inference.find_version(args.name, args.version)  # before the heavy imports: a wrong name fails fast
+        inference.quiet()
+        return inference.load(args.name, version, base=args.base)
+    except inference.InferenceError as exc:
+        print(f"airtune {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _generation_options(args) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+
+
+def cmd_generate(args) -> int:
+    prompts = _read_prompts(args)
+    loaded = _load_for_talk("generate", args)
+    if loaded is None:
+        return 1
+    from airtune import inference
+
+    if not args.json:
+        print(f"[{loaded.description}]", file=sys.stderr)
+    for i, prompt in enumerate(prompts):
+        out = inference.generate(loaded, prompt, **_generation_options(args))
+        if args.json:
+            print(json.dumps({"job": args.name, "version": loaded.version, "base": loaded.base, "prompt": prompt,
+                              "answer": out["answer"], "tokens": out["tokens"], "stopped": out["stopped"]},
+                             ensure_ascii=False), flush=True)
+        elif len(prompts) == 1:
+            print(out["answer"], flush=True)
+        else:
+            print(("\n" if i else "") + f"> {prompt}\n{out['answer']}", flush=True)
+    return 0
+
+
+CHAT_HELP = "/reset forgets the conversation, /exit (or Ctrl-D) ends it"
+
+
+def cmd_chat(args) -> int:
+    loaded = _load_for_talk("chat", args)
+    if loaded is None:
+        return 1
+    from airtune import inference
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    print(f"[{loaded.description}]\n[{CHAT_HELP}]", file=sys.stderr)
+    chat = inference.Chat(loaded, **_generation_options(args))
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            if interactive:
+                print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            print(f"[unknown command {text}: {CHAT_HELP}]", file=sys.stderr)
+            continue
+        try:
+            for piece in chat.send(line):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print("\n[interrupted: that answer is not kept]", file=sys.stderr)
+            continue
+        print(flush=True)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +348,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when docs/form.md is not current")
     p.add_argument("--out", type=Path, help="the file (default: docs/form.md of this checkout)")
     p.set_defaults(func=cmd_form_doc)
+
+    for command, helptext in (("generate", "answer prompts with a job's registered model (or its base model: --base)"),
+                              ("chat", "talk with a job's registered model: streamed answers, the conversation kept")):
+        p = sub.add_parser(command, help=helptext)
+        p.add_argument("name", help="the job (its registered model has the job's name)")
+        if command == "generate":
+            which = p.add_mutually_exclusive_group(required=True)
+            which.add_argument("--prompt", help="one prompt")
+            which.add_argument("--prompts", metavar="FILE", help="one prompt a line, or a JSON list of strings (- for standard input)")
+        p.add_argument("--version", type=int, help="the model version (default: alias champion, else best, else the newest)")
+        p.add_argument("--base", action="store_true", help="the model the job started from (its base weights, or its parent job's model)")
+        p.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer (default 256)")
+        p.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy)")
+        p.add_argument("--top-p", type=float, help="sample from the top-p nucleus (default: greedy)")
+        if command == "generate":
+            p.add_argument("--json", action="store_true", help="one JSON object a prompt: prompt, answer, version, base")
+        p.set_defaults(func=cmd_generate if command == "generate" else cmd_chat)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
     p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")
