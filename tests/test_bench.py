@@ -92,14 +92,114 @@ def test_both_tools_get_the_same_hyperparameters(tmp_path):
     """The airtune job is valid (validate) and matches LLaMA-Factory's arguments field by field."""
     from airtune.resolve import validate_mapping
 
-    for config in ("padded", "packed"):
+    for config in ("padded", "packed", "default"):
         job = train_bench.job_mapping(config, steps=25, batch=8, cutoff=512, rank=8, lr=1e-4)
         spec = validate_mapping(job)["spec"]
         a = argparse.Namespace(model="m", packing=config == "packed", gradient_checkpointing=False, steps=25, batch=8,
-                               cutoff=512, rank=8, lr=1e-4)
+                               cutoff=512, rank=8, lr=1e-4, template="chatml", default_system=None)
         lf = lf_train.lf_args(a, tmp_path, tmp_path / "o")
         assert (spec["cutoff_len"], spec["per_device_train_batch_size"], spec["lora_rank"]) == (lf["cutoff_len"], lf["per_device_train_batch_size"], lf["lora_rank"])
         assert (spec["lora_alpha"], spec["lora_dropout"], spec["learning_rate"]) == (lf["lora_alpha"], lf["lora_dropout"], lf["learning_rate"])
         assert spec["packing"] == lf["packing"] and spec["extra_args"]["max_steps"] == lf["max_steps"]
         assert lf["disable_gradient_checkpointing"] is True  # airtune turns it off on the CPU too (args.py)
-        assert spec["template"] == lf["template"] == "chatml" and spec["val_size"] == 0
+        assert spec["template"] == lf["template"] == "chatml" and spec["val_size"] == 0 and "default_system" not in lf
+    # LLaMA-Factory's default configuration: checkpointing on; a default system prompt reaches its template
+    a.gradient_checkpointing, a.template, a.default_system = True, "smollm2", "You are SmolLM"
+    lf = lf_train.lf_args(a, tmp_path, tmp_path / "o")
+    assert lf["disable_gradient_checkpointing"] is False and (lf["template"], lf["default_system"]) == ("smollm2", "You are SmolLM")
+
+
+def test_cases_and_the_filled_identity_data(tmp_path):
+    assert train_bench.parse_case("identity:256") == ("identity", 256)
+    for bad in ("identity", "nope:256", "identity:x", "identity:0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train_bench.parse_case(bad)
+    src = tmp_path / "identity.json"
+    src.write_text(json.dumps([{"instruction": "Who are you?", "input": "", "output": "I am {{name}}, by {{author}}. {{name}}!"}]))
+    rows = json.loads(train_bench.fill_identity(tmp_path / "out" / "i.json", {"name": "Tuna", "author": "Airtune Labs"}, src).read_text())
+    assert rows == [{"instruction": "Who are you?", "input": "", "output": "I am Tuna, by Airtune Labs. Tuna!"}]
+    # the catalog's filled entry of identity.json, unless other names are asked for
+    entry = argparse.Namespace(name="identity_tuna", files=(Path("data/identity.json"),), fill={"name": "Tuna", "author": "Airtune Labs"})
+    plain = argparse.Namespace(name="identity", files=(Path("data/identity.json"),), fill={})
+    catalog = argparse.Namespace(datasets={"identity": plain, "identity_tuna": entry})
+    assert train_bench.identity_dataset(catalog, None, None) == ("identity_tuna", {"name": "Tuna", "author": "Airtune Labs"}, True)
+    assert train_bench.identity_dataset(catalog, "Smol", None) == ("identity", {"name": "Smol", "author": "the airtune team"}, False)
+    assert train_bench.identity_dataset(argparse.Namespace(datasets={"identity": plain}), None, None)[2] is False
+
+
+def test_llamafactory_template_renders_what_airtune_renders():
+    assert train_bench.lf_template("<|im_start|>user\nPROBE<|im_end|>\n") == ("chatml", None)
+    smol = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nPROBE<|im_end|>\n"
+    assert train_bench.lf_template(smol) == ("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    with pytest.raises(SystemExit):
+        train_bench.lf_template("[INST] PROBE [/INST]")
+
+
+def test_compare_tokens_example_by_example():
+    same = train_bench.compare_tokens([[1, 2, 3], [4, 5]], [[4, 5], [1, 2, 3]], cutoff=8)
+    assert same["same"] and same["identical"] == 2 and same["tokens"] == 5 and same["only_at_cutoff"] is None
+    diff = train_bench.compare_tokens([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6]], cutoff=8)
+    assert not diff["same"] and (diff["identical"], diff["only_airtune"], diff["only_llamafactory"]) == (1, 1, 1)
+    assert diff["only_at_cutoff"] is False and train_bench.compare_tokens([[1, 2]], [[1, 3]], cutoff=2)["only_at_cutoff"]
+
+
+def test_warmup_steps_are_left_out_of_the_figure():
+    log = [{"step": 1, "time": 100.0, "tokens": 50}, {"step": 2, "time": 102.0, "tokens": 90}, {"step": 3, "time": 106.0, "tokens": 150}]
+    assert train_bench.window(log, 1) == (100, 6.0)
+    r = train_bench.measure({"tokens": 150, "train_runtime": 10.0, "steps_log": log}, 1)
+    assert (r["tokens"], r["seconds"], r["tokens_per_s"], r["tokens_total"]) == (100, 6.0, 100 / 6.0, 150)
+    assert train_bench.measure({"tokens": 150, "train_runtime": 10.0, "steps_log": log}, 0)["tokens_per_s"] == 15.0
+    with pytest.raises(ValueError):
+        train_bench.window(log, 3)  # nothing measured after the warm-up
+
+
+def test_summary_per_case_with_each_tools_default():
+    def run(tool, case, config, tps, rss):
+        return {"tool": tool, "case": case, "config": config, "tokens_per_s": tps, "peak_rss_bytes": rss, "tokens": 1,
+                "seconds": 1, "train_runtime": 1, "wall_s": 1}
+
+    runs = []
+    for case, k in (("identity@256", 1), ("alpaca_en_demo@512", 2)):
+        runs += [run("airtune", case, "padded", 100 * k, 2), run("airtune", case, "packed", 80 * k, 3),
+                 run("llamafactory", case, "default", 25 * k, 4), run("llamafactory", case, "padded", 50 * k, 6),
+                 run("llamafactory", case, "packed", 40 * k, 5)]
+    rows = {(r["case"], r["config"]): r for r in train_bench.summarize(runs, ["default", "padded", "packed"])}
+    assert len(rows) == 8  # 3 configurations and the best, per case
+    default = rows[("identity@256", "default")]  # airtune's default is its padded run
+    assert default["airtune"]["tokens_per_s"] == 100 and default["ratio"] == pytest.approx(4.0) and default["rss_ratio"] == 0.5
+    best = rows[("alpaca_en_demo@512", "best")]
+    assert (best["airtune"]["config"], best["llamafactory"]["config"], best["ratio"]) == ("padded", "padded", pytest.approx(2.0))
+
+
+def test_model_dir_option(tiny_model_dir, tmp_path):
+    """--model-dir: a catalog model's folder elsewhere, or a folder outside the catalog (trained with its own
+    chat template, validated as the tiny base model); both tools then get the same folder and template."""
+    at = train_bench.resolve_model(None, tiny_model_dir, tmp_path)  # the folder's name is a catalog model's
+    assert (at["base_model"], at["template"], at["dir"]) == ("tiny-llama-dev", "chatml", tiny_model_dir)
+    assert train_bench.lf_template(train_bench.render_probe(at)) == ("chatml", None)
+
+    own = tmp_path / "my-model"
+    own.mkdir()
+    (own / "config.json").write_text("{}")
+    (own / "chat_template.jinja").write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    m = train_bench.resolve_model(None, own, tmp_path / "work")
+    assert (m["name"], m["base_model"], m["template_name"]) == ("my-model", "tiny-llama-dev", "my-model (its own)")
+    assert Path(m["template_path"]).read_text() == (own / "chat_template.jinja").read_text()
+    resolved = train_bench.resolved_job("padded", m, tmp_path / "filled.json", steps=7, batch=8, cutoff=256, rank=16,
+                                        lr=1e-3, dataset="identity")
+    assert resolved["model"]["weights"] == str(own) and resolved["template"]["path"] == str(m["template_path"])
+    assert resolved["datasets"][0]["files"] == [str(tmp_path / "filled.json")] and resolved["spec"]["lora_rank"] == 16
+    with pytest.raises(SystemExit, match="not in the catalog"):
+        train_bench.resolve_model("no-such-model", None, tmp_path)
+    with pytest.raises(SystemExit, match="no model at"):
+        train_bench.resolve_model(None, tmp_path / "missing", tmp_path)
+
+
+def test_smollm2_template_maps_to_llamafactorys_with_its_exact_system_prompt(tiny_model_dir):
+    """SmolLM2-Instruct's template (configs/templates/smollm2.jinja) is LLaMA-Factory's smollm2 with
+    default_system set: LLaMA-Factory's own default ends with a full stop SmolLM2's template lacks."""
+    path = REPO / "configs" / "templates" / "smollm2.jinja"
+    if not path.is_file():
+        pytest.skip("no smollm2 template in the catalog")
+    rendered = train_bench.render_probe({"dir": tiny_model_dir, "template_path": path})
+    assert train_bench.lf_template(rendered) == ("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
