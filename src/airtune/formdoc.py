@@ -31,12 +31,12 @@ REGENERATE = "make form-doc"
 # Names the shipped catalog (configs/) has, so that examples, docs and tests agree; more may be
 # added. tests/test_catalog.py checks configs/ against these.
 CATALOG_NAMES: dict[str, tuple[str, ...]] = {
-    "models": ("tiny-llama-dev", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
+    "models": ("smollm2-135m-instruct", "tiny-llama-dev", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
                "qwen2.5-7b-instruct", "qwen3-8b", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",
                "llama-3.1-8b-instruct", "llama-3.1-8b", "glm-4-9b-chat", "mistral-7b-instruct-v0.3",
                "gemma-2-9b-it"),
-    "templates": ("default", "empty", "alpaca", "chatml", "qwen", "qwen3", "llama3", "glm4", "mistral", "gemma"),
-    "datasets": ("alpaca_en_demo", "identity", "dpo_en_demo", "kto_en_demo", "c4_demo"),
+    "templates": ("default", "empty", "alpaca", "chatml", "qwen", "qwen3", "llama3", "glm4", "mistral", "gemma", "smollm2"),
+    "datasets": ("alpaca_en_demo", "identity", "identity_tuna", "dpo_en_demo", "kto_en_demo", "c4_demo"),
     "locations": ("local", "k8s-example"),
 }
 

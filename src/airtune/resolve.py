@@ -332,7 +332,7 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
                               f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
         datasets.append({"name": entry.name, "format": entry.format, "kind": entry.kind,
                          "files": [str(p) for p in entry.files], "columns": dict(entry.columns),
-                         "tags": dict(entry.tags)})
+                         "tags": dict(entry.tags), **({"fill": dict(entry.fill)} if entry.fill else {})})
 
     # -- earlier jobs: parent_job, reward_model --
     lookup = jobs

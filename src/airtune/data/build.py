@@ -112,7 +112,7 @@ def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
     for d in resolved["datasets"]:
         files = [{"path": str(p), "sha256": _sha256_file(p)} for p in _dataset_files(d)]
         entry = {"name": d["name"], "format": d["format"], "kind": d["kind"], "columns": d.get("columns") or {},
-                 "tags": d.get("tags") or {}, "files": files}
+                 "tags": d.get("tags") or {}, "files": files, **({"fill": d["fill"]} if d.get("fill") else {})}
         content = {k: v for k, v in entry.items() if k != "name"}
         content["files"] = [f["sha256"] for f in files]
         entry["content_hash"] = _sha256_text(json.dumps(content, sort_keys=True))
@@ -128,6 +128,20 @@ def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
 
 
 # -- loading and checking -------------------------------------------------------------------------
+def fill_placeholders(obj, fill: dict[str, str]):
+    """`{{key}}` → value in every string of a row (a dataset's `fill`, configs/datasets.yaml)."""
+    if isinstance(obj, str):
+        if "{{" in obj:
+            for key, value in fill.items():
+                obj = obj.replace("{{" + key + "}}", value)
+        return obj
+    if isinstance(obj, dict):
+        return {k: fill_placeholders(v, fill) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [fill_placeholders(v, fill) for v in obj]
+    return obj
+
+
 def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
     """Examples in normal form, where each came from (dataset index, file, row), the row errors and stats."""
     from airtune.data.formats import Bad, Converter
@@ -150,7 +164,10 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
             rows = fr.rows if limit is None else fr.rows[: limit - read]
             read += len(rows) + len(fr.errors)
             file_errors = [RowError(e.file, e.row, e.field, e.problem, d["name"]) for e in fr.errors]
+            fill = d.get("fill")
             for i, row in enumerate(rows):
+                if fill:
+                    row = fill_placeholders(row, fill)
                 try:
                     ex = conv.convert(row)
                 except Bad as b:
