@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _job(tmp_path, **overrides):
-    job = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    job = yaml.safe_load((REPO / "examples" / "tiny.yaml").read_text())
     job.update({"max_samples": 120, "cutoff_len": 128, "save_steps": 10, "logging_steps": 2}, **overrides)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -34,6 +34,16 @@ def test_job_runs_through_the_dag_and_registers_a_model(tmp_path, airtune_home):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["state"] == "success"
+    # A terminal a person can read: the stages, one line each, and where Airflow's own logs went.
+    shown = out.stdout.strip().splitlines()[:-1]
+    assert len(shown) < 20, out.stdout
+    for task in ("validate", "prepare_dataset", "train_local", "register", "cleanup"):
+        assert any(line.split()[:2] == [task, "ok"] for line in shown), (task, out.stdout)
+    log_file = summary["log_file"]
+    assert f"Airflow's logs: {log_file}" in out.stdout
+    logged = open(log_file, encoding="utf-8").read()
+    assert "[DAG TEST] starting task_id=train_local" in logged and "[airtune] step" in logged
+    assert "[DAG TEST]" not in out.stdout
     for key in ("dag_run_id", "mlflow_run_id", "registered_model", "model_version", "output_dir", "train_loss_first", "train_loss_last"):
         assert summary[key] is not None, key
     assert summary["train_loss_last"] < summary["train_loss_first"]
