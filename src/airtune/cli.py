@@ -259,6 +259,11 @@ def _generation_options(args) -> dict:
 
 def cmd_generate(args) -> int:
     prompts = _read_prompts(args)
+    if args.compare:
+        if args.base:
+            print("airtune generate: --compare already answers with the base model too; drop --base", file=sys.stderr)
+            return EXIT_INVALID
+        return _compare(args, prompts)
     loaded = _load_for_talk("generate", args)
     if loaded is None:
         return 1
@@ -276,6 +281,36 @@ def cmd_generate(args) -> int:
             print(out["answer"], flush=True)
         else:
             print(("\n" if i else "") + f"> {prompt}\n{out['answer']}", flush=True)
+    return 0
+
+
+def _compare(args, prompts: list[str]) -> int:
+    """Each prompt answered by the model the job started from and by the job's model."""
+    import argparse as _argparse
+
+    tuned = _load_for_talk("generate", args)
+    if tuned is None:
+        return 1
+    base = _load_for_talk("generate", _argparse.Namespace(**{**vars(args), "base": True}))
+    if base is None:
+        return 1
+    from airtune import inference
+
+    options = _generation_options(args)
+    spec = tuned.resolved.get("spec") or {}
+    started_from = spec.get("parent_job") or spec.get("base_model") or "base"
+    labels = (f"before ({started_from}):", f"after ({args.name} v{tuned.version}):")
+    width = max(map(len, labels))
+    for i, prompt in enumerate(prompts):
+        before = inference.generate(base, prompt, **options)["answer"]
+        after = inference.generate(tuned, prompt, **options)["answer"]
+        if args.json:
+            print(json.dumps({"job": args.name, "version": tuned.version, "prompt": prompt, "base_answer": before,
+                              "answer": after}, ensure_ascii=False), flush=True)
+            continue
+        print(("\n" if i else "") + f"> {prompt}")
+        print(f"  {labels[0]:<{width}}  {before}")
+        print(f"  {labels[1]:<{width}}  {after}", flush=True)
     return 0
 
 
@@ -393,6 +428,8 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy)")
         p.add_argument("--top-p", type=float, help="sample from the top-p nucleus (default: greedy)")
         if command == "generate":
+            p.add_argument("--compare", action="store_true",
+                           help="answer with the model the job started from too, side by side (base_answer in --json)")
             p.add_argument("--json", action="store_true", help="one JSON object a prompt: prompt, answer, version, base")
         p.set_defaults(func=cmd_generate if command == "generate" else cmd_chat)
 
