@@ -15,12 +15,9 @@ EXIT_INVALID = 2
 
 
 def _load_job_file(path: str) -> dict:
-    import yaml
+    from airtune import jobfile
 
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path}: a job file is one flat mapping of the keys of docs/form.md")
+    data = jobfile.load(path)
     data.pop("schedule", None)  # retraining job files carry their schedule beside the spec
     return data
 
@@ -33,8 +30,13 @@ def _validated(path: str) -> dict | None:
     from airtune.resolve import format_errors, validate_mapping
     from airtune.spec import SpecError
 
+    from airtune.jobfile import JobFileError
+
     try:
         return validate_mapping(_load_job_file(path))
+    except JobFileError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return None
     except SpecError as exc:
         print(f"{path}: the job is not valid:\n{format_errors(exc)}", file=sys.stderr)
         return None
@@ -80,7 +82,7 @@ def cmd_run(args) -> int:
 
     if _validated(args.file) is None:
         return EXIT_INVALID
-    summary, code = runner.supervise(_load_job_file(args.file), verbose=args.verbose)
+    summary, code = runner.supervise(_load_job_file(args.file), verbose=args.verbose or args.debug)
     if summary is not None:
         if args.json:
             _print_json(summary)
@@ -364,6 +366,7 @@ def cmd_chat(args) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airtune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error (implies run --verbose)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a job file and print the resolved spec, or every error (exit 2)")
@@ -443,7 +446,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"airtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a message, not a traceback; --debug shows it
+        if args.debug:
+            raise
+        from airtune.jobfile import printable
+
+        print(f"airtune {args.command}: {type(exc).__name__}: {printable(str(exc), 500)} "
+              "(this is airtune's fault, not yours: run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

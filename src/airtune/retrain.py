@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from airtune import paths
 
@@ -193,15 +192,17 @@ def load_file(path: Path) -> RetrainJob:
     """One job file, never raising: a broken file comes back with its errors."""
     path = Path(path)
     stem = path.stem
+    from airtune import jobfile
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        return RetrainJob(stem, path, errors=(f"(file): not readable YAML{at}: {getattr(exc, 'problem', None) or exc}",), fields=("(file)",))
-    if not isinstance(data, dict):
-        return RetrainJob(stem, path, errors=(f"(file): {type(data).__name__} at the top is not accepted: a job file is one "
-                                              "flat mapping of docs/form.md's keys plus `schedule`",), fields=("(file)",))
+        data = jobfile.parse(path.read_text(encoding="utf-8"), "(file)")
+    except (OSError, UnicodeDecodeError) as exc:
+        return RetrainJob(stem, path, errors=(f"(file): not readable: {exc}",), fields=("(file)",))
+    except jobfile.JobFileError as exc:
+        message = str(exc)
+        if "at the top is not accepted" in message:
+            message += " plus `schedule`"
+        return RetrainJob(stem, path, errors=(message,), fields=("(file)",))
     mapping = dict(data)
     errors: list[str] = []
     fields: list[str] = []
