@@ -124,6 +124,12 @@ def cmd_fetch_model(args) -> int:
 def cmd_delete(args) -> int:
     from airtune import jobs
 
+    try:
+        jobs.check_name(args.name)
+    except jobs.InvalidName as exc:
+        print(f"delete: {exc}; nothing deleted", file=sys.stderr)
+        return EXIT_INVALID
+
     if not args.force:
         active = jobs.active_runs(args.name)
         if active:
@@ -155,6 +161,9 @@ def cmd_delete(args) -> int:
             return 1
     try:
         report = jobs.delete_job(args.name, force=args.force)
+    except jobs.InvalidName as exc:
+        print(f"delete: {exc}; nothing deleted", file=sys.stderr)
+        return EXIT_INVALID
     except jobs.JobActive as exc:
         print(f"delete: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from airtune import paths
 
@@ -69,6 +70,30 @@ def active_runs(name: str) -> list[str]:
         return [f"{dr.dag_id} / {dr.run_id}" for dr in dag_runs(name, session) if _state(dr) in ACTIVE_STATES]
 
 
+class InvalidName(ValueError):
+    """A name that cannot be a job's: nothing is looked up or deleted."""
+
+
+def check_name(name: str) -> None:
+    """A job name as the form accepts it (a DNS label), so that no path or MLflow name is built from
+    anything else (`..`, `/`, an absolute path)."""
+    from airtune.names import is_dns_label
+
+    if not isinstance(name, str) or not is_dns_label(name):
+        from airtune.jobfile import printable
+
+        raise InvalidName(f"{printable(name)!r} is not a job name: job names are lower-case letters, digits and '-', "
+                          "starting and ending with a letter or digit, at most 63 characters (docs/form.md#name)")
+
+
+def _own_folder(root: Path, name: str) -> Path:
+    """root/name, refused unless it resolves to a folder directly inside root (no link or `..` out of it)."""
+    folder = (root / name).resolve()
+    if folder.parent != root.resolve() or folder.name != name:
+        raise InvalidName(f"{root / name} resolves to {folder}, outside {root}: refusing to delete it")
+    return folder
+
+
 def delete_job(name: str, *, force: bool = False) -> list[str]:
     """Delete every trace of one job; returns what was deleted, one line each.
 
@@ -76,6 +101,8 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
     `force`: then the run is cancelled first (its unfinished tasks marked failed, which makes Airflow
     stop them; the training process group and Kubernetes objects stopped), and deleted after.
     """
+    check_name(name)
+    folders = [_own_folder(paths.workspace() / "jobs", name), _own_folder(paths.airtune_home() / "prepare", name)]
     report: list[str] = []
     with airflow_session() as session:
         runs = dag_runs(name, session)
@@ -93,7 +120,7 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
 
     report += _stop_processes(name, locations)
     report += delete_mlflow(name)
-    for folder in (paths.workspace() / "jobs" / name, paths.airtune_home() / "prepare" / name):
+    for folder in folders:
         if folder.exists():
             shutil.rmtree(folder)
             report.append(f"files: deleted {folder}")
