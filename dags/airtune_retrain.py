@@ -16,6 +16,7 @@ torch, transformers, datasets or mlflow.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from datetime import timedelta
@@ -56,7 +57,11 @@ def _retrain_dag(job: retrain.RetrainJob):
 
 
 def _placeholder_dag(job: retrain.RetrainJob, problem: str | None = None):
-    problem = problem or job.problem()
+    from airtune import redact
+
+    # the description and doc are readable by anyone who sees DAGs: no secret from the file in them
+    problem = redact.text(problem or job.problem())
+    job = dataclasses.replace(job, errors=tuple(redact.text(e) for e in job.errors))
     fields = ", ".join(dict.fromkeys(job.fields)) or "(file)"
     task_id = re.sub(r"[^A-Za-z0-9_.\-]", "_", f"invalid__{job.path.name}__{fields.replace(', ', '__')}")[:250]
 

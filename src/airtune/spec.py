@@ -48,7 +48,10 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {show_value(self.value)} is not accepted: {self.message}"
+        from airtune import redact
+
+        shown = redact.value(self.value, self.field.rsplit(".", 1)[-1])
+        return redact.text(f"{self.field}: {show_value(shown)} is not accepted: {self.message}")
 
 
 class SpecError(ValueError):

@@ -78,10 +78,14 @@ def client():
 def ui_url() -> str:
     """The MLflow UI users open: AIRTUNE_MLFLOW_UI_URL, the tracking server itself, or `make up`'s."""
     if os.environ.get("AIRTUNE_MLFLOW_UI_URL"):
-        return os.environ["AIRTUNE_MLFLOW_UI_URL"].rstrip("/")
+        from airtune import redact
+
+        return redact.url(os.environ["AIRTUNE_MLFLOW_UI_URL"]).rstrip("/")
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
+        from airtune import redact
+
+        return redact.url(uri).rstrip("/")  # a link a page shows never carries the credentials
     from airtune import localstack
 
     return f"http://127.0.0.1:{localstack.MLFLOW_PORT}"
