@@ -60,7 +60,8 @@ def run_job(conf: dict, dag_id: str = "airtune_finetune") -> dict:
             f = job_dir / fname
             if f.exists():
                 data = json.loads(f.read_text())
-                for k in ("mlflow_run_id", "registered_model", "model_version", "output_dir", "train_loss_first", "train_loss_last", "global_step"):
+                for k in ("mlflow_run_id", "registered_model", "model_version", "output_dir", "train_loss_first", "train_loss_last",
+                          "global_step", "eval_loss"):
                     if k in data and k not in summary:
                         summary[k] = data[k]
         spec = job_dir / "spec.json"
@@ -429,7 +430,9 @@ def print_summary(s: dict) -> None:
         lines.append(f"  error            {first}")
         lines.extend(f"                   {r}" for r in rest[:12])
     if s.get("train_loss_first") is not None:
-        lines.append(f"  training loss    {_fmt(s.get('train_loss_first'))} at the start -> {_fmt(s.get('train_loss_last'))} at the end")
+        lines.append(f"  training loss    {_fmt(s.get('train_loss_first'))} at the first step -> {_fmt(s.get('train_loss_last'))} at the last")
+    if s.get("eval_loss") is not None:
+        lines.append(f"  validation loss  {_fmt(s['eval_loss'])} (the final weights on the held-out rows)")
     if s.get("output_dir"):
         lines.append(f"  weights          {s.get('output_dir')}")
     if s.get("mlflow_run_id"):
