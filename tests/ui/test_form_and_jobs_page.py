@@ -1,7 +1,8 @@
 """In a real browser (headless chromium, Playwright): log in to Airflow, open airtune_finetune's
 trigger form, check its sections and labels (English), fill in a job and trigger it, see the run
-succeed; then open the jobs page (the airtune_jobs plugin, inside Airflow's UI), its detail view, and
-delete the job there after typing its name. Screenshots are kept as test artefacts."""
+succeed; then open the jobs page (the airtune_jobs plugin, inside Airflow's UI), its detail view, ask
+the trained model a question in its "Try it" box, and delete the job there after typing its name.
+Screenshots are kept as test artefacts."""
 
 from __future__ import annotations
 
@@ -153,6 +154,18 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
     spec = page.locator("#spec").inner_text()
     assert "template\tchatml" in spec and "cutoff_len\t64" in spec, spec  # the resolved spec
     page.screenshot(path=str(artifacts / "06-job-detail.png"), full_page=True)
+
+    # --- "Try it": one prompt to the registered version, answered by `airtune generate` in a process of its own
+    about = page.locator("#try-about").inner_text()
+    assert f"{JOB} version 1" in about and "greedy" in about, about
+    page.locator("#try-prompt").fill("Give three tips for staying healthy.")
+    page.locator("#try-button").click()
+    page.wait_for_selector("#try-answer[data-state]", timeout=150_000)
+    answer = page.locator("#try-answer")
+    assert answer.get_attribute("data-state") == "answer", answer.inner_text()
+    assert answer.inner_text().strip() and not answer.inner_text().startswith("(an empty answer"), answer.inner_text()
+    assert page.locator("#try-status").inner_text().startswith("version 1 · ")
+    page.screenshot(path=str(artifacts / "06b-try-it.png"), full_page=True)
 
     # --- delete, after typing the job's name
     page.locator("#delete summary").click()

@@ -1,8 +1,9 @@
 """The jobs page's routes (mounted by Airflow's api-server under /airtune; see airtune.webapp).
 
 Who may do what is Airflow's auth manager's decision: reading needs GET on the runs of
-airtune_finetune, deleting needs DELETE on them. A browser that is not logged in is sent to
-Airflow's login page; an API call gets 401.
+airtune_finetune, trying a model ("Try it") needs POST on them (what triggering a run needs),
+deleting needs DELETE on them. A browser that is not logged in is sent to Airflow's login page; an
+API call gets 401.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airtune.webapp import data, templates
@@ -33,11 +35,11 @@ def _base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
 
-def _same_origin(request: Request) -> None:
-    """A delete must come from this site's own page (the cookie is SameSite=Lax too)."""
+def _same_origin(request: Request, what: str = "delete") -> None:
+    """A delete (or a prompt) must come from this site's own page (the cookie is SameSite=Lax too)."""
     origin = request.headers.get("origin")
     if origin and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
-        raise HTTPException(403, f"delete: refused from origin {origin}")
+        raise HTTPException(403, f"{what}: refused from origin {origin}")
 
 
 def create_app() -> FastAPI:
@@ -54,7 +56,7 @@ def create_app() -> FastAPI:
         if wants_html:
             return HTMLResponse(templates.render("error.html", base=_base(request), status=exc.status_code, message=str(exc.detail)),
                                 status_code=exc.status_code)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.get("/static/icon.svg", include_in_schema=False)
     def icon():
@@ -108,6 +110,27 @@ def create_app() -> FastAPI:
         except data.NotFound as exc:
             raise HTTPException(404, str(exc)) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    # "Try it": one prompt to the job's registered model. It needs POST on the DAG runs, what triggering
+    # a run needs, not just reading them: each prompt starts a process that loads the model and spends
+    # up to data.TRY_TIMEOUT_S of this machine's CPU or GPU, compute as a run spends it.
+    @app.post("/api/jobs/{name}/try", dependencies=[_requires("POST")])
+    async def try_it(request: Request, name: str):
+        """JSON {prompt, max_new_tokens?} -> {answer, version, tokens, stopped, seconds}; errors: {detail: one line}."""
+        _same_origin(request, "try it")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise HTTPException(400, 'try it: send a JSON object: {"prompt": "..."}')
+        try:
+            data.check_prompt(body.get("prompt"), body.get("max_new_tokens"))
+            # the answer takes seconds: off the event loop (the lock in data refuses a second one)
+            return await run_in_threadpool(data.try_prompt, name, body.get("prompt"), body.get("max_new_tokens"))
+        except data.TryError as exc:
+            headers = {"Retry-After": "10"} if exc.status == 429 else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from None
 
     @app.post("/jobs/{name}/delete", dependencies=[_requires("DELETE")], response_class=HTMLResponse)
     def delete(request: Request, name: str, confirm: Annotated[str, Form()] = "", force: Annotated[bool, Form()] = False):

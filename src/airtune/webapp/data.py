@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -314,6 +315,8 @@ def job_detail(name: str, run_id: str | None = None) -> dict:
         "checkpoints": _checkpoints(folder, run),
         "has_metrics": bool(folder and (folder / "metrics.jsonl").is_file()),
         "registered_model": info["registered_model"],
+        # the "Try it" box: shown on a finished run only (the live refresh reloads an active one's page)
+        "try_it": try_target(name, resolved) if run.get("state") not in ACTIVE else None,
         "experiment": info["experiment"],
         "folder": str(folder) if folder else None,
         "errors": info["errors"],
@@ -357,3 +360,193 @@ def delete(name: str, *, force: bool) -> tuple[int, str, str]:
     started = time.monotonic()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     return p.returncode, p.stdout, p.stderr + ("" if p.returncode == 0 else f"\n(exit {p.returncode} after {time.monotonic() - started:.0f} s)")
+
+
+# --- "Try it": one prompt to the job's registered model ------------------------------------------
+
+TRY_MAX_PROMPT = 2000  # characters
+TRY_MAX_NEW_TOKENS = 256  # the default of `airtune generate` (inference.DEFAULT_MAX_NEW_TOKENS) and the most allowed
+TRY_TIMEOUT_S = 120
+_try_lock = threading.Lock()  # one prompt at a time in this api-server process ...
+_try_current: dict = {}  # ... and what it is answering, for the "busy" answer
+
+
+class TryError(Exception):
+    """Why a prompt was not answered: one line for the page, and the HTTP status to send it with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _chosen_by(aliases: list[str]) -> str:
+    """Why inference.find_version chose this version, for people."""
+    from airtune import inference, tracking
+
+    if inference.ALIAS_CHAMPION in aliases:
+        return f"alias {inference.ALIAS_CHAMPION}, a person's choice"
+    if tracking.ALIAS_BEST in aliases:
+        return (f"alias {tracking.ALIAS_BEST}, the register task's choice; an alias {inference.ALIAS_CHAMPION} "
+                "set in MLflow would answer instead")
+    return f"the newest version; no version has alias {inference.ALIAS_CHAMPION} or {tracking.ALIAS_BEST}"
+
+
+def try_target(name: str, resolved: dict | None = None) -> dict:
+    """Which model version would answer a prompt on the page, and whether one can here.
+
+    The version is the one `airtune generate` loads (inference.find_version: alias champion, else
+    best, else the newest). It answers only when its job trained on location kind `local`: its files
+    and base weights are on this machine. A Kubernetes job's model needs a serving deployment there.
+    `resolved` is the page's run's resolved spec, used when the version's own job folder has none.
+
+    Returns {available, version, chosen_by, location, note (why not, one line), max_new_tokens, max_prompt}.
+    """
+    from airtune import inference
+
+    out = {"available": False, "version": None, "chosen_by": None, "location": None, "note": None,
+           "max_new_tokens": TRY_MAX_NEW_TOKENS, "max_prompt": TRY_MAX_PROMPT, "timeout_s": TRY_TIMEOUT_S}
+    try:
+        v = inference.find_version(name)  # MLflow only: no torch in the api-server
+    except inference.InferenceError as exc:
+        return {**out, "note": f"nothing to try: {exc}"}
+    except Exception as exc:  # the page shows the rest of the job all the same
+        return {**out, "note": f"nothing to try: MLflow: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"}
+    out.update(version=v.version, chosen_by=_chosen_by(v.aliases))
+    folder = inference.job_folder(v)
+    spec = (_read_json(folder / "spec.json") if folder is not None else None) or resolved or {}
+    location = spec.get("location")
+    kind = location.get("kind") if isinstance(location, dict) else None
+    out["location"] = (location.get("name") if isinstance(location, dict) else location) or None
+    if kind is None and v.tags.get("image"):  # no resolved spec to read; a training image means a cluster
+        kind = "kubernetes"
+    if v.tags.get("stage") == "rm":
+        return {**out, "note": f"version {v.version} is a reward model (stage rm): it scores answers, it does not write them"}
+    if kind not in (None, "local"):
+        return {**out, "note": f"trying this model needs a serving deployment on {out['location'] or kind} "
+                               f"(location kind {kind}); airtune does not build one yet"}
+    return {**out, "available": True}
+
+
+def check_prompt(prompt, max_new_tokens) -> tuple[str, int]:
+    """The prompt and token limit of a request, or TryError(400) with what is wrong."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TryError(400, "type a prompt first")
+    if len(prompt) > TRY_MAX_PROMPT:
+        raise TryError(400, f"the prompt is {len(prompt):,} characters long; at most {TRY_MAX_PROMPT:,} are answered here "
+                            "(airtune generate on the command line takes longer ones)")
+    if "\x00" in prompt:
+        raise TryError(400, "the prompt contains a NUL character")
+    if max_new_tokens is None:
+        max_new_tokens = TRY_MAX_NEW_TOKENS
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= TRY_MAX_NEW_TOKENS:
+        raise TryError(400, f"max_new_tokens: a whole number from 1 to {TRY_MAX_NEW_TOKENS}; got {max_new_tokens!r}")
+    return prompt, max_new_tokens
+
+
+def _try_lock_file() -> Path:
+    return paths.airtune_home() / "run" / "try-it.lock"
+
+
+def _busy(holder: dict) -> TryError:
+    what = f"a prompt to {holder['name']}" if holder.get("name") else "another prompt"
+    since = f", for {time.time() - holder['since']:.0f} s" if isinstance(holder.get("since"), (int, float)) else ""
+    return TryError(429, f"busy: the model process is answering {what}{since}; one prompt at a time; "
+                         "try again when it is done")
+
+
+def generate_command(name: str, version: str, prompt: str, max_new_tokens: int) -> list[str]:
+    """`airtune generate` for one prompt, the version pinned (the one the page names). --prompt=TEXT:
+    a prompt that starts with '-' stays a prompt."""
+    return [sys.executable, "-m", "airtune.cli", "generate", name, "--version", str(version), f"--prompt={prompt}",
+            "--json", "--max-new-tokens", str(max_new_tokens)]
+
+
+def _error_line(stderr: str, code: int) -> str:
+    """The one line that says why `airtune generate` failed: its own message, else an exception's last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    own = [line for line in lines if line.startswith("airtune generate:")]
+    if own:
+        return own[-1].removeprefix("airtune generate:").strip()
+    exc = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    last = (exc or lines or [""])[-1]
+    return f"the model process failed (exit {code}){': ' + last if last else ''}"
+
+
+def try_prompt(name: str, prompt: str, max_new_tokens: int = TRY_MAX_NEW_TOKENS, resolved: dict | None = None) -> dict:
+    """One answer from the job's registered model, by `airtune generate --json` in a process of its own
+    (torch is never imported into the api-server), at most TRY_TIMEOUT_S seconds, one at a time on this
+    machine: a lock in this process, and a file lock for the api-server's other worker processes.
+
+    Returns {answer, version, tokens, stopped, seconds}; raises TryError (busy: 429)."""
+    import fcntl
+
+    prompt, max_new_tokens = check_prompt(prompt, max_new_tokens)
+    target = try_target(name, resolved)
+    if not target["available"]:
+        raise TryError(409, target["note"])
+    if not _try_lock.acquire(blocking=False):
+        raise _busy(_try_current)
+    try:
+        lock_path = _try_lock_file()
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                try:
+                    holder = json.loads(lock.read() or "{}")
+                except ValueError:
+                    holder = {}
+                raise _busy(holder if isinstance(holder, dict) else {}) from None
+            _try_current.update(name=name, since=time.time())
+            lock.seek(0)
+            lock.truncate()
+            lock.write(json.dumps(_try_current))
+            lock.flush()
+            try:
+                return _run_generate(name, target["version"], prompt, max_new_tokens)
+            finally:
+                lock.seek(0)
+                lock.truncate()
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:
+        _try_current.clear()
+        _try_lock.release()
+
+
+def _run_generate(name: str, version: str, prompt: str, max_new_tokens: int) -> dict:
+    import signal
+
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.monotonic()
+    p = subprocess.Popen(generate_command(name, version, prompt, max_new_tokens), env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=TRY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # the whole group: whatever the model process started too
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise TryError(504, f"no answer in {TRY_TIMEOUT_S} s: the model process was stopped; try a shorter prompt, "
+                            f"or airtune generate {name} on the command line") from None
+    except BaseException:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
+    seconds = round(time.monotonic() - started, 1)
+    if p.returncode != 0:
+        raise TryError(409 if p.returncode == 1 and "airtune generate:" in err else 500, _error_line(err, p.returncode))
+    rows = []
+    for line in out.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    row = next((r for r in reversed(rows) if isinstance(r, dict) and "answer" in r), None)
+    if row is None:
+        raise TryError(500, "the model process printed no answer" + (f": {_error_line(err, 0)}" if err.strip() else ""))
+    return {"answer": str(row["answer"]), "version": str(row.get("version") or version), "tokens": row.get("tokens"),
+            "stopped": row.get("stopped"), "seconds": seconds}

@@ -1,5 +1,6 @@
 """The jobs page's HTML (Jinja2, autoescaped). Plain server-rendered pages with a little script:
-the detail view refreshes its task states, log tail and loss curve while the run is active."""
+the detail view refreshes its task states, log tail and loss curve while the run is active, and a
+finished run's view has a "Try it" box that asks the job's registered model one prompt."""
 
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ button.delete { background: #c92a2a; color: #fff; border: 0; border-radius: 4px;
 button.delete:disabled { background: #e8a5a5; cursor: not-allowed; }
 input[type=text] { padding: 5px 8px; border: 1px solid #cbd2d9; border-radius: 4px; font: inherit; }
 .nav { margin-bottom: 12px; font-size: 13px; } .errors { color: #c92a2a; }
+.try { border: 1px solid var(--line); border-radius: 6px; padding: 10px 16px 12px; max-width: 960px; } .try p { margin: 0 0 8px; }
+.try textarea { width: 100%; padding: 6px 8px; border: 1px solid #cbd2d9; border-radius: 4px; font: inherit; resize: vertical; }
+button.primary { background: var(--accent); color: #fff; border: 0; border-radius: 4px; padding: 6px 14px; font-weight: 600; cursor: pointer; margin-top: 4px; }
+button.primary:disabled { background: #8cc4f7; cursor: progress; }
+.answer { white-space: pre-wrap; word-break: break-word; background: var(--head); border-radius: 4px; padding: 8px 10px; margin-top: 8px; }
+.answer.errors { background: #fff5f5; }
 """
 
 LAYOUT = """<!doctype html>
@@ -119,6 +126,18 @@ JOB = """{% extends "layout.html" %}
 <dt>Files</dt><dd>{{ job.folder or '—' }}</dd>
 </dl>
 </div>
+{% if job.try_it %}{% set t = job.try_it %}
+<h2>Try it</h2>
+<div class="try" id="try">
+{% if t.available %}
+<p class="muted" id="try-about">Answered by <b>{{ job.name }} version {{ t.version }}</b> ({{ t.chosen_by }}), as <code>airtune generate</code> answers: greedy decoding (the same prompt gets the same answer), at most {{ t.max_new_tokens }} new tokens, by a process of its own on the machine running Airflow's api-server (loading the model takes a few seconds). One prompt at a time, up to {{ '{:,}'.format(t.max_prompt) }} characters.</p>
+<form id="try-form">
+<textarea id="try-prompt" name="prompt" rows="3" placeholder="A prompt for the model (Enter answers, Shift+Enter starts a new line)"></textarea>
+<div><button class="primary" type="submit" id="try-button">Answer</button> <span class="muted" id="try-status"></span></div>
+</form>
+<div class="answer" id="try-answer" hidden></div>
+{% else %}<p class="muted" id="try-note">{{ t.note }}</p>{% endif %}
+</div>{% endif %}
 {% if job.runs|length > 1 %}<h2>Runs</h2><p>{% for r in job.runs %}<a href="{{ base }}/jobs/{{ job.name }}?run={{ r.dag_run_id|urlencode }}">{{ r.dag_run_id }}</a> <span class="state state-{{ r.state }}">{{ r.state }}</span>{% if not loop.last %} · {% endif %}{% endfor %}</p>{% endif %}
 
 <h2>Tasks</h2>
@@ -156,6 +175,7 @@ JOB = """{% extends "layout.html" %}
 const base = {{ base|tojson }}, name = {{ job.name|tojson }}, runId = {{ (run.dag_run_id or '')|tojson }};
 const active = {{ active|list|tojson }};
 let state = {{ (run.state or '')|tojson }}, logTask = null;
+let trying = false;  // an answer in progress ("Try it"): the page is not reloaded under it
 document.querySelectorAll('[data-log-task]').forEach(a => a.addEventListener('click', e => {
   e.preventDefault(); logTask = a.dataset.logTask; refresh(true); }));
 const confirmBox = document.getElementById('delete-confirm'), button = document.getElementById('delete-button');
@@ -179,11 +199,51 @@ async function refresh(once) {
   const badge = document.getElementById('run-state'); badge.textContent = live.state; badge.className = `state state-${live.state}`;
   document.getElementById('run-duration').textContent = dur(live.duration_s);
   const img = document.getElementById('curves'); if (img) img.src = img.src.replace(/&t=\\d+$/, '') + `&t=${Date.now()}`;
-  if (active.includes(state) && !active.includes(live.state)) { location.reload(); return; }  // finished: show checkpoints, version
+  // finished: show checkpoints, version. (The Try it box is on finished runs only, so no answer is waiting then.)
+  if (active.includes(state) && !active.includes(live.state) && !trying) { location.reload(); return; }
   state = live.state;
   if (active.includes(state) && !once) setTimeout(refresh, 3000);
 }
 refresh();
+
+const tryForm = document.getElementById('try-form');
+if (tryForm) {
+  const promptBox = document.getElementById('try-prompt'), tryButton = document.getElementById('try-button'),
+    tryStatus = document.getElementById('try-status'), answerBox = document.getElementById('try-answer');
+  const show = (text, kind, meta) => { answerBox.hidden = false; answerBox.textContent = text; answerBox.dataset.state = kind;
+    answerBox.className = kind === 'error' ? 'answer errors' : 'answer'; tryStatus.textContent = meta || ''; };
+  const errorLine = (status, body) => {
+    const detail = body && typeof body.detail === 'string' ? body.detail : '';
+    if (status === 401) return 'not logged in (any more): reload the page and log in';
+    if (status === 403 && !detail.startsWith('try it')) return 'not allowed: trying a model needs the permission to trigger runs of airtune_finetune';
+    return detail || `no answer: the server answered ${status}`;
+  };
+  promptBox.addEventListener('keydown', e => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); tryForm.requestSubmit(); } });
+  tryForm.addEventListener('submit', async e => {
+    e.preventDefault();
+    if (trying) return;
+    trying = true; tryButton.disabled = true; answerBox.hidden = true; delete answerBox.dataset.state;
+    const t0 = Date.now();
+    tryStatus.textContent = 'answering…';
+    const tick = setInterval(() => { tryStatus.textContent = `answering… ${Math.round((Date.now() - t0) / 1000)} s`; }, 1000);
+    try {
+      const r = await fetch(`${base}/api/jobs/${encodeURIComponent(name)}/try`, {method: 'POST',
+        headers: {'Content-Type': 'application/json', Accept: 'application/json'}, body: JSON.stringify({prompt: promptBox.value})});
+      let body = null;
+      try { body = await r.json(); } catch (_) { body = null; }
+      clearInterval(tick);
+      if (r.ok && body) show(body.answer || '(an empty answer: the model ended its turn at once)', 'answer',
+        `version ${body.version} · ${body.tokens} tokens · ${body.seconds} s${body.stopped ? '' : ' · stopped at the token limit'}`);
+      else show(errorLine(r.status, body), 'error');
+    } catch (err) {
+      clearInterval(tick);
+      show(`no answer: ${err.message || err}`, 'error');
+    } finally {
+      trying = false; tryButton.disabled = false;
+    }
+  });
+}
 </script>
 {% endblock %}
 """
