@@ -103,7 +103,12 @@ def prepare_dataset(job: dict) -> dict:
 
         manifest = kubernetes.prepare_in_cluster(job, resolved, echo=log.info)
     else:
-        manifest = data.prepare(resolved, job_dir / "data", cache_dir=cache, log=log.info)
+        from airtune.data.errors import DataError
+
+        try:
+            manifest = data.prepare(resolved, job_dir / "data", cache_dir=cache, log=log.info)
+        except DataError as exc:
+            fail_now(f"the data cannot be prepared: {exc}")
     figures = {}
     if hasattr(data, "training_figures"):
         figures = data.training_figures(manifest, resolved["spec"])
@@ -118,6 +123,13 @@ def prepare_dataset(job: dict) -> dict:
     except Exception as exc:  # tracking is informative here; never lose the prepared data over it
         log.warning("could not record the dataset in MLflow: %s", exc)
     return {**job, "data_dir": str(job_dir / "data")}
+
+
+def fail_now(message: str):
+    """Fail this task without its retries: the same input gives the same error."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(f"{message}\n(not retried: this error does not go away by running the task again)")
 
 
 def train_env(job: dict) -> dict[str, str]:
@@ -144,7 +156,10 @@ def train_local(job: dict) -> dict:
         data_dir=job["data_dir"],
         output_dir=job_dir / "output",
     )
-    local.run(cmd, job_dir=job_dir, env=train_env(job), echo=log.info)
+    try:
+        local.run(cmd, job_dir=job_dir, env=train_env(job), echo=log.info)
+    except local.TrainingRefused as exc:
+        fail_now(str(exc))
     return job
 
 

@@ -520,12 +520,17 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
         except ImportError:
             warnings.append("extra_args keys not checked here (trl is not installed); the trainer checks them")
         else:
+            from airtune.train.args import _field_types, _type_name, value_fits
+
             known = {f.name for f in dataclasses.fields(cls)}
+            types = _field_types(cls)
             for key, value in v["extra_args"].items():
                 if key not in known:
                     refuse(f"extra_args.{key}", f"not a field of {cls.__name__} (the TRL config stage {stage} trains "
                                                 f"with); check the name in TRL's / transformers' TrainingArguments docs",
                            "stage", value=value)
+                elif key in types and not value_fits(value, types[key]):
+                    refuse(f"extra_args.{key}", f"{cls.__name__}.{key} takes {_type_name(types[key])}", value=value)
 
     # -- GPU memory --
     estimate: dict = {"gpu_memory_gib_per_process": None}

@@ -106,8 +106,34 @@ EXTRA_ARGS_RESERVED = frozenset({
     "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
     "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy", "ddp_backend",
     "use_cpu", "overwrite_output_dir", "process_index", "world_size",
+    # saving and resuming: checkpoints must stay resumable and final/ complete
+    "save_only_model", "save_safetensors", "save_on_each_node", "load_best_model_at_end", "metric_for_best_model",
+    "greater_is_better", "restore_callback_states_from_checkpoint",
+    # data: airtune prepares, masks and packs the rows itself (the prepare step)
+    "dataset_kwargs", "dataset_text_field", "dataset_num_proc", "skip_prepare_dataset", "remove_unused_columns",
+    "completion_only_loss", "assistant_only_loss", "eval_packing", "packing_strategy",
+    # logging: the metrics airtune records and its throughput figure
+    "include_num_input_tokens_seen", "disable_tqdm", "logging_first_step",
+    # distribution: set from location, nodes, gpus_per_node and distributed
+    "fsdp", "fsdp_config", "accelerator_config", "ddp_timeout",
 })
 EXTRA_ARGS_RESERVED_PREFIXES = ("hub_",)
+
+
+def reserved_reason(key: str) -> str:
+    """Why airtune keeps an extra_args key to itself, for the message that refuses it."""
+    if key.startswith("save_") or key in ("load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+                                         "restore_callback_states_from_checkpoint", "resume_from_checkpoint"):
+        return "saving and resuming: checkpoints stay resumable and the best one is chosen by register"
+    if key.startswith(("dataset_", "skip_prepare")) or key in ("remove_unused_columns", "completion_only_loss",
+                                                               "assistant_only_loss", "eval_packing", "packing_strategy"):
+        return "the data: the prepare step renders, masks and packs the rows"
+    if key in ("fsdp", "fsdp_config", "accelerator_config", "ddp_timeout", "ddp_backend", "deepspeed", "local_rank",
+               "use_cpu", "process_index", "world_size"):
+        return "distribution: set from location, nodes, gpus_per_node and distributed"
+    if key.startswith("hub_") or key == "push_to_hub":
+        return "hub pushing: models are registered in MLflow"
+    return "output and logging folders, report_to and the metrics it records"
 # Trainer arguments a form field already sets: given twice, one would silently win. Refused with a
 # pointer to the field.
 EXTRA_ARGS_FROM_FIELDS = {
@@ -1013,9 +1039,7 @@ def _extra_args_errors(extra: dict) -> list[FieldError]:
     errors = []
     for key, value in extra.items():
         if key in EXTRA_ARGS_RESERVED or key.startswith(EXTRA_ARGS_RESERVED_PREFIXES):
-            errors.append(FieldError(f"extra_args.{key}", value,
-                                     "airtune sets this itself (output and logging folders, report_to, deepspeed, "
-                                     "ranks, hub pushing); remove it"))
+            errors.append(FieldError(f"extra_args.{key}", value, f"airtune sets this itself ({reserved_reason(key)}); remove it"))
         elif key in EXTRA_ARGS_FROM_FIELDS:
             errors.append(FieldError(f"extra_args.{key}", value,
                                      f"set by the field {EXTRA_ARGS_FROM_FIELDS[key]}; use that field instead"))

@@ -102,3 +102,9 @@ def test_train_command_torchrun_on_several_gpus():
     )
     assert "--nnodes=2" in cmd and "--master_addr=job-0.svc" in cmd and "--node_rank=$(JOB_COMPLETION_INDEX)" in cmd
     assert cmd[-8:-6] == ["-m", "airtune.train"]
+
+
+def test_a_refused_configuration_is_not_worth_a_retry(tmp_path):
+    script = "print('[airtune] configuration error: TypeError: weight_decay: heavy'); import sys; sys.exit(78)"
+    with pytest.raises(local.TrainingRefused, match="weight_decay: heavy"):
+        local.run([sys.executable, "-c", script], job_dir=tmp_path, echo=lambda _: None)

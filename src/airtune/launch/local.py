@@ -24,6 +24,15 @@ class TrainingFailed(RuntimeError):
     pass
 
 
+# The trainer's exit code for an error in its configuration, found before training starts (a bad
+# extra_args value, a model that does not load with these arguments): running it again fails the same way.
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+
+
+class TrainingRefused(TrainingFailed):
+    """The trainer refused its configuration (EXIT_CONFIG): not worth a retry."""
+
+
 def run(command: list[str], *, job_dir: Path, env: dict[str, str] | None = None, echo=None) -> None:
     """Run the command to completion; raise TrainingFailed on a non-zero exit.
 
@@ -45,10 +54,14 @@ def run(command: list[str], *, job_dir: Path, env: dict[str, str] | None = None,
         start_new_session=True,  # own process group: killpg reaches every child
     )
     pid_file.write_text(str(proc.pid))
+    last_error = None
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            echo(line.rstrip("\n"))
+            line = line.rstrip("\n")
+            if line.startswith("[airtune] configuration error: "):
+                last_error = line.removeprefix("[airtune] configuration error: ")
+            echo(line)
         code = proc.wait()
     except BaseException:
         # The task was stopped (SIGTERM from Airflow, a timeout, Ctrl-C): take the group down with it.
@@ -57,6 +70,8 @@ def run(command: list[str], *, job_dir: Path, env: dict[str, str] | None = None,
     finally:
         if proc.poll() is not None:
             pid_file.unlink(missing_ok=True)
+    if code == EXIT_CONFIG:
+        raise TrainingRefused(f"training refused its configuration (exit {code}): {last_error or 'see the lines above'}")
     if code != 0:
         raise TrainingFailed(f"training exited with code {code}")
 

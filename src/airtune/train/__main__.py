@@ -71,7 +71,24 @@ def stage_module(stage: str):
     return stages[stage]
 
 
+EXIT_CONFIG = 78  # airtune.launch.local.EXIT_CONFIG (EX_CONFIG): the configuration is refused; a retry would fail the same way
+
+
+class ConfigurationError(Exception):
+    """Building the model or trainer from the spec failed before any step: not worth a retry."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ConfigurationError as exc:
+        cause = exc.__cause__
+        log(f"configuration error: {type(cause).__name__ if cause else 'error'}: {str(cause or exc).splitlines()[0] if str(cause or exc) else ''} "
+            f"({exc})")
+        return EXIT_CONFIG
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     started = time.monotonic()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"[airtune] the data in {args.data} was prepared for stage {manifest['stage']!r}, the job is {spec['stage']!r}")
     stage = stage_module(spec["stage"])
 
-    # 2. the spec as TRL/PEFT/transformers arguments (the one mapping: args.py)
-    mapped = map_spec(resolved, output_dir=str(output), train_rows=len(train), has_eval=validation is not None)
+    # 2. the spec as TRL/PEFT/transformers arguments (the one mapping: args.py); a value the config
+    # class refuses (extra_args) is a configuration error: no retry
+    try:
+        mapped = map_spec(resolved, output_dir=str(output), train_rows=len(train), has_eval=validation is not None)
+    except (TypeError, ValueError) as exc:  # ArgsError is a ValueError
+        raise ConfigurationError("the job's arguments are refused by the trainer's configuration "
+                                 "(check extra_args against docs/form.md#extra_args)") from exc
     config = mapped.config
 
     # 3. model and tokenizer; the seed first, so LoRA's initial weights are the same on every run

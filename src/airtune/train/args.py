@@ -17,13 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Keys airtune sets itself: a user may not override them through extra_args (docs/form.md).
-RESERVED_KEYS = frozenset({
-    "output_dir", "logging_dir", "report_to", "deepspeed", "local_rank", "push_to_hub", "run_name",
-    "resume_from_checkpoint", "save_strategy", "eval_strategy", "logging_strategy",
-    "ddp_backend", "use_cpu",
-})
-RESERVED_PREFIXES = ("hub_",)
+# Keys airtune sets itself: a user may not override them through extra_args (docs/form.md#extra_args).
+# One table, the spec's: validate refuses them before the trainer would.
+from airtune.spec import EXTRA_ARGS_RESERVED as RESERVED_KEYS  # noqa: E402
+from airtune.spec import EXTRA_ARGS_RESERVED_PREFIXES as RESERVED_PREFIXES  # noqa: E402
 
 # docs/form.md's `optimizer` values are transformers' `optim` names already.
 OPTIMIZERS = {"adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd", "lion_8bit"}
@@ -93,6 +90,57 @@ def check_extra_args(extra: dict, cls) -> None:
             raise ArgsError(f"extra_args: {key!r} is set by airtune itself and cannot be given")
         if key not in fields:
             raise ArgsError(f"extra_args: {key!r} is not a field of {cls.__name__} (a TRL/transformers training argument)")
+    hints = _field_types(cls)
+    for key, value in extra.items():
+        expected = hints.get(key)
+        if expected is not None and not value_fits(value, expected):
+            raise ArgsError(f"extra_args.{key}: {value!r} is not accepted: {cls.__name__}.{key} takes {_type_name(expected)}")
+
+
+def _field_types(cls) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: check what can be checked
+        return {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
+
+
+def value_fits(value, expected) -> bool:
+    """Whether a YAML/JSON value can be given to a config field of this type (ints where floats go;
+    strings where enums go; unknown or complex types are not second-guessed)."""
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(expected)
+    if expected is typing.Any or expected is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, t) for t in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        return isinstance(value, str) and value in {m.value for m in expected} | set(expected.__members__)
+    if origin in (list, tuple, typing.List) or expected in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or expected is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(expected) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
 
 
 def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool) -> Mapped:
