@@ -49,16 +49,42 @@ def airflow_session():
         session.close()
 
 
-def dag_runs(name: str, session) -> list:
-    """The DAG runs of one job: its conf names it, or the retraining DAG owns the name."""
-    from airflow.models.dagrun import DagRun
+# The states of a run's validate task that say it never became the job's run: refused (a bad job, a
+# name in use) or never checked (cancelled first).
+REFUSED_VALIDATE_STATES = {"failed", "upstream_failed", "skipped", "removed"}
 
+
+def job_runs(session, names: set[str] | None = None) -> list[tuple[str, object]]:
+    """(job name, DAG run) for every DAG run that belongs to a job: the one place that decides it.
+
+    A run belongs to the job it names (its conf, or the retraining DAG that owns the name) once its
+    validate task succeeded; a run still on its way to validate counts too (so that a forced delete
+    cancels it). A run that validate refused (a bad job, a name in use) is no run of the job: the jobs
+    page, `airtune list/status` and `delete` leave it out."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    from airtune.status import job_name_of
+
+    validate = {
+        (dag_id, run_id): str(getattr(state, "value", state)) if state is not None else None
+        for dag_id, run_id, state in session.query(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.state)
+        .filter(TaskInstance.task_id == "validate", TaskInstance.dag_id.like("airtune%"))
+    }
     out = []
     for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
-        conf = dr.conf or {}
-        if conf.get("name") == name or dr.dag_id == f"{RETRAIN_PREFIX}{name}":
-            out.append(dr)
+        name = job_name_of(dr.dag_id, dr.conf or {})
+        if not name or (names is not None and name not in names):
+            continue
+        state = validate.get((dr.dag_id, dr.run_id))
+        if state == "success" or (state not in REFUSED_VALIDATE_STATES and _state(dr) in ACTIVE_STATES):
+            out.append((name, dr))
     return out
+
+
+def dag_runs(name: str, session) -> list:
+    """The DAG runs of one job (job_runs)."""
+    return [dr for _, dr in job_runs(session, {name})]
 
 
 def _state(dr) -> str:

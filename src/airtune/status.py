@@ -65,13 +65,8 @@ def _airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]],
         from airtune import jobs
 
         with jobs.airflow_session() as session:
-            from airflow.models.dagrun import DagRun
-
             out: dict[str, list[dict]] = {}
-            for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
-                name = job_name_of(dr.dag_id, dr.conf or {})
-                if not name or (names is not None and name not in names):
-                    continue
+            for name, dr in jobs.job_runs(session, names):
                 out.setdefault(name, []).append(dag_run_row(dr))
             return out, None
     except Exception as exc:  # status must still show what MLflow knows

@@ -80,8 +80,15 @@ def test_retried_train_task_has_one_run_and_delete_leaves_other_jobs_intact(pg_s
     for name in ("output", "metrics.jsonl", "result.json"):
         (shutil.copytree if (job / name).is_dir() else shutil.copyfile)(job / name, job_b / name)
     out_b = tracking.finish_run(job_b, json.loads((job_b / "spec.json").read_text()), run_b)
-    add_dag_run(airflow_home, "retry-a", "manual__a", "success", [("train_local", "success")])
-    add_dag_run(airflow_home, "keep-b", "manual__b", "success", [("train_local", "success")])
+    add_dag_run(airflow_home, "retry-a", "manual__a", "success", [("validate", "success"), ("train_local", "success")])
+    add_dag_run(airflow_home, "keep-b", "manual__b", "success", [("validate", "success"), ("train_local", "success")])
+    # a later run refused by validate (e.g. "name in use"): no run of keep-b, so not its newest state either
+    add_dag_run(airflow_home, "keep-b", "manual__refused", "failed", [("validate", "failed")])
+    listed = json.loads(airtune(airflow_home, "list", "--json", **env).stdout.strip().splitlines()[-1])
+    b_row = next(j for j in listed if j["name"] == "keep-b")
+    assert b_row["state"] == "success", b_row
+    b_status = json.loads(airtune(airflow_home, "status", "keep-b", "--json", **env).stdout.strip().splitlines()[-1])
+    assert [r["dag_run_id"] for r in b_status["runs"] if r.get("dag_run_id")] == ["manual__b"], b_status["runs"]
     logs_a = airflow_home / "airflow" / "logs" / "dag_id=airtune_finetune" / "run_id=manual__a"
     logs_a.mkdir(parents=True)
     (logs_a / "attempt=1.log").write_text("task log")
@@ -104,8 +111,8 @@ def test_retried_train_task_has_one_run_and_delete_leaves_other_jobs_intact(pg_s
     assert c.search_model_versions("name = 'retry-a'") == []
     assert not (workspace / "jobs" / "retry-a").exists()
     state = airflow_state(airflow_home)
-    assert [r["run_id"] for r in state["runs"]] == ["manual__b"]
-    assert [t["run_id"] for t in state["tis"]] == ["manual__b"]
+    assert sorted(r["run_id"] for r in state["runs"]) == ["manual__b", "manual__refused"]  # a refused run is no run of A's
+    assert sorted({t["run_id"] for t in state["tis"]}) == ["manual__b", "manual__refused"]
     assert not logs_a.exists()
 
     # B is intact: its run, metrics, logged models, version and files

@@ -60,21 +60,16 @@ def duration_seconds(start: str | None, end: str | None, state: str | None) -> f
 
 def airflow_runs(names: set[str] | None = None) -> tuple[dict[str, list[dict]], dict[tuple, dict]]:
     """({job name: [DAG run, ...]} in airtune.status's shape, {(dag_id, run_id): conf})."""
-    from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
-    from airtune import status
+    from airtune import jobs, status
 
     runs: dict[str, list[dict]] = {}
     confs: dict[tuple, dict] = {}
     with create_session() as session:
-        for dr in session.query(DagRun).filter(DagRun.dag_id.like("airtune%")).all():
-            conf = dr.conf or {}
-            name = status.job_name_of(dr.dag_id, conf)
-            if not name or (names is not None and name not in names):
-                continue
+        for name, dr in jobs.job_runs(session, names):  # only runs that passed validate (or are on their way)
             runs.setdefault(name, []).append(status.dag_run_row(dr))
-            confs[(dr.dag_id, dr.run_id)] = conf
+            confs[(dr.dag_id, dr.run_id)] = dr.conf or {}
     return runs, confs
 
 
