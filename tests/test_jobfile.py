@@ -89,3 +89,11 @@ def test_validate_of_a_folder_and_of_a_missing_file_in_a_real_process(tmp_path):
     for target in (tmp_path, tmp_path / "nope.yaml"):
         proc = subprocess.run([sys.executable, "-m", "airtune.cli", "validate", str(target)], capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(target) in proc.stderr, proc.stderr
+
+
+def test_a_name_read_as_a_number_says_to_quote_it(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: 12345\nbase_model: tiny-llama-dev\ndataset: [identity]\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "name: 12345 is not accepted: it was read as a number" in err and 'name: "12345"' in err

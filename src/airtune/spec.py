@@ -983,6 +983,9 @@ def _convert(f: FieldInfo, value: Any) -> Any:
             raise _Bad
         return text
     if f.kind == "str":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise _Bad(f"it was read as a number, and {f.name} is text: quote it ({f.name}: \"{value}\" in YAML); "
+                       f"accepted: {f.accepted()}")
         if not isinstance(value, str):
             raise _Bad
         text = value.strip()
