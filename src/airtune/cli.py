@@ -65,7 +65,16 @@ def cmd_prepare(args) -> int:
     if resolved is None:
         return EXIT_INVALID
     out = paths.airtune_home() / "prepare" / resolved["spec"]["name"]
-    manifest = data.prepare(resolved, out, cache_dir=paths.airtune_home() / "cache" / "prepared", log=lambda m: print(m, file=sys.stderr))
+    from airtune.data.errors import DataError
+
+    try:
+        manifest = data.prepare(resolved, out, cache_dir=paths.airtune_home() / "cache" / "prepared", log=lambda m: print(m, file=sys.stderr))
+    except DataError as exc:  # the data's fault: its message names the file, row and field
+        from airtune.jobfile import printable
+
+        lines = [printable(line, 500) for line in str(exc).splitlines()[:40]]
+        print(f"{args.file}: the data cannot be prepared: " + "\n".join(lines), file=sys.stderr)
+        return EXIT_INVALID
     if hasattr(data, "training_figures"):
         manifest = {**manifest, "figures": data.training_figures(manifest, resolved["spec"])}
     if args.json:
