@@ -85,16 +85,11 @@ def case_name(dataset: str, cutoff: int) -> str:
 
 
 def fill(obj, values: dict[str, str]):
-    """`{{key}}` -> value in every string of a row (what airtune's dataset `fill` does)."""
-    if isinstance(obj, str):
-        for key, value in values.items():
-            obj = obj.replace("{{" + key + "}}", value)
-        return obj
-    if isinstance(obj, dict):
-        return {k: fill(v, values) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [fill(v, values) for v in obj]
-    return obj
+    """`{{key}}` -> value in every string of a row: airtune's own dataset `fill`, so that LLaMA-Factory's
+    copy of the data is filled exactly as airtune fills it."""
+    from airtune.data.build import fill_placeholders
+
+    return fill_placeholders(obj, values)
 
 
 def fill_identity(path: Path, values: dict[str, str], source: Path = DATASETS["identity"]) -> Path:

@@ -18,7 +18,6 @@ file's name and sha256. This module:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,11 +36,9 @@ class FetchError(RuntimeError):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from airtune.paths import sha256_file
+
+    return sha256_file(path)
 
 
 def recipe_of(name: str) -> tuple[Path, dict]:

@@ -49,3 +49,14 @@ def safe_run_component(run_id: str) -> str:
 
 def job_dir(name: str, run_id: str) -> Path:
     return workspace() / "jobs" / name / safe_run_component(run_id)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read a megabyte at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -74,11 +74,9 @@ def check_stage_fit(stage: str, datasets: list[dict]) -> None:
 
 # -- hashing --------------------------------------------------------------------------------------
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from airtune.paths import sha256_file
+
+    return sha256_file(path)
 
 
 def _sha256_text(text: str) -> str:
