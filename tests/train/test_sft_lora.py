@@ -124,8 +124,9 @@ def test_export_merged_equals_base_plus_adapter(sft_run, tiny_model_dir):
 def test_extra_args_unknown_key_fails_naming_it(tiny_model_dir, sft_data, tmp_path):
     job = make_job(tmp_path / "job", tiny_model_dir, sft_data, extra_args={"no_such_argument": 1})
     proc = run_train(job, sft_data, check=False)
-    assert proc.returncode != 0
-    assert "no_such_argument" in proc.stderr
+    assert proc.returncode == 78  # EX_CONFIG: the launcher fails the task without retries
+    assert "[airtune] configuration error: ArgsError: extra_args: 'no_such_argument'" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (job / "result.json").exists()
 
 

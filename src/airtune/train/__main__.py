@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except ConfigurationError as exc:
         cause = exc.__cause__
-        log(f"configuration error: {type(cause).__name__ if cause else 'error'}: {str(cause or exc).splitlines()[0] if str(cause or exc) else ''} "
-            f"({exc})")
+        first = (str(cause or exc).splitlines() or [""])[0]
+        if int(os.environ.get("RANK", "0")) == 0:  # on stderr: the launchers merge it into the task log
+            print(f"[airtune] configuration error: {type(cause).__name__ if cause else 'error'}: {first} ({exc})",
+                  file=sys.stderr, flush=True)
         return EXIT_CONFIG
 
 
