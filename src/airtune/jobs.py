@@ -139,7 +139,7 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
                 "wait for it to finish, or use --force to cancel it first"
             )
         for dr in active:
-            report += _cancel(dr, session)
+            report += cancel_dag_run(dr, session)
         session.commit()
         run_ids = [(dr.dag_id, dr.run_id) for dr in runs]
         locations = {(dr.conf or {}).get("location") or "local" for dr in runs}
@@ -162,19 +162,33 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
     return report
 
 
-def _cancel(dr, session) -> list[str]:
-    """What the UI's "mark failed" does: unfinished tasks failed (their supervisors then kill them)."""
+def cancel_dag_run(dr, session) -> list[str]:
+    """What the UI's "mark failed" does: the running tasks failed (their supervisors then kill them),
+    the ones not started skipped (so nothing picks them up), the DAG run failed."""
+    from datetime import datetime, timezone
+
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    unfinished = [s.value for s in TaskInstanceState if s.value not in ("success", "failed", "skipped", "upstream_failed", "removed")]
+    finished = ("success", "failed", "skipped", "upstream_failed", "removed")
+    running = (TaskInstanceState.RUNNING, TaskInstanceState.DEFERRED, TaskInstanceState.UP_FOR_RESCHEDULE)
+    unfinished = [s.value for s in TaskInstanceState if s.value not in finished]
     tis = session.query(TaskInstance).filter(
-        TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id == dr.run_id, TaskInstance.state.in_(unfinished)
+        TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id == dr.run_id,
+        TaskInstance.state.in_(unfinished) | TaskInstance.state.is_(None),
     ).all()
+    now = datetime.now(timezone.utc)
+    stopped = skipped = 0
     for ti in tis:
-        ti.state = TaskInstanceState.FAILED
+        if ti.state in running:
+            ti.state, stopped = TaskInstanceState.FAILED, stopped + 1
+        else:
+            ti.state, skipped = TaskInstanceState.SKIPPED, skipped + 1
+        ti.end_date = now
     dr.state = DagRunState.FAILED
-    return [f"airflow: cancelled DAG run {dr.dag_id} / {dr.run_id} ({len(tis)} unfinished tasks marked failed)"]
+    dr.end_date = now
+    line = f"airflow: cancelled DAG run {dr.dag_id} / {dr.run_id} ({stopped} unfinished tasks marked failed"
+    return [line + (f", {skipped} not started skipped)" if skipped else ")")]
 
 
 def _stop_processes(name: str, locations: set[str]) -> list[str]:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from airtune import localstack, paths
+from airtune.status import format_duration as _duration
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -86,7 +87,7 @@ _ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 _NEW_STATE = re.compile(r"Task instance state updated .* new_state=(\w+)")
 _STEP = re.compile(r"\[airtune\] step (\d+)/(\d+)\s+epoch [\d.]+(.*?)(?: \[airtune\]|$)")
 _SPEC = re.compile(r"resolved spec written to (\S+/spec\.json)")
-_LEVEL = re.compile(r"^\S+ \[(error|critical|warning)\s*\] (.*)$")
+_LEVEL = re.compile(r"^\S+ \[(error|critical)\s*\] (.*)$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|InUse|Failed|Refused|Timeout)\w*): (.*)$")
 _STRUCT_TAIL = re.compile(r"\s+\[[\w.]+\](?: [\w.]+=\S+)*\s*$")
@@ -165,10 +166,8 @@ class Progress:
         elif m := _SPEC.search(line):
             self.spec_path = m.group(1)
         if m := _LEVEL.match(line):
-            level, text = m.groups()
-            if level in ("error", "critical"):
-                self.errors.append(_STRUCT_TAIL.sub("", text).strip())
-                del self.errors[:-8]
+            self.errors.append(_STRUCT_TAIL.sub("", m.group(2)).strip())
+            del self.errors[:-8]
 
     def _finish_task(self) -> None:
         if self.task is None:
@@ -228,17 +227,6 @@ class Progress:
         self._finish_task()
         self._clear()
         self.out.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, s = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{s:02d}s"
-    h, m = divmod(minutes, 60)
-    return f"{h}h{m:02d}m"
 
 
 class _Cancel(Exception):
@@ -384,36 +372,19 @@ def cancel_run(child: subprocess.Popen, spec_path: str | None, name: str, signum
 
 
 def mark_dag_run_failed(dag_id: str, run_id: str) -> bool:
-    """The DAG run failed, its running tasks failed and the ones not started skipped (as the UI's
-    "mark failed" does), so that nothing picks it up again."""
-    localstack.apply()
-    from airflow import settings
+    """The DAG run cancelled as a forced delete cancels it (jobs.cancel_dag_run), so that nothing
+    picks it up again. False when Airflow has no such run."""
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.state import DagRunState, TaskInstanceState
 
-    settings.configure_orm()
-    session = settings.Session()
-    try:
+    from airtune import jobs
+
+    with jobs.airflow_session() as session:
         dr = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).one_or_none()
         if dr is None:
             return False
-        finished = {TaskInstanceState.SUCCESS, TaskInstanceState.FAILED, TaskInstanceState.SKIPPED,
-                    TaskInstanceState.UPSTREAM_FAILED, TaskInstanceState.REMOVED}
-        from datetime import datetime, timezone
-
-        now = datetime.now(timezone.utc)
-        for ti in session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id):
-            if ti.state in finished:
-                continue
-            ti.state = TaskInstanceState.FAILED if ti.state == TaskInstanceState.RUNNING else TaskInstanceState.SKIPPED
-            ti.end_date = now
-        dr.state = DagRunState.FAILED
-        dr.end_date = now
+        jobs.cancel_dag_run(dr, session)
         session.commit()
         return True
-    finally:
-        session.close()
 
 
 def print_summary(s: dict) -> None:
