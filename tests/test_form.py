@@ -145,6 +145,9 @@ BAD = [
     ("freeze_trainable_layers", 0), ("pref_loss", "kl"), ("pref_beta", 0), ("packing", "x"),
     ("train_on_prompt", 2), ("mask_history", "x"), ("skip_bad_rows", "x"), ("save_total_limit", 0),
     ("export_merged", "x"), ("min_lr_rate", 1), ("min_lr_rate", 0), ("decay_ratio", 1), ("decay_ratio", 0),
+    ("eval_dataset", ["nope"]), ("eval_dataset", ["identity", "identity"]), ("eval_max_samples", -1),
+    ("eval_benchmarks", ["mmlu"]), ("promote", "always"), ("promote_metric", "accuracy"),
+    ("promote_metric", "benchmark:"), ("promote_timeout_hours", 0),
 ]
 
 

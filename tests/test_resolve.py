@@ -87,6 +87,8 @@ TRAINER_VIEW = {
     "lora_target": "all", "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None,
     "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
     "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
+    "eval_dataset": None, "eval_max_samples": 50, "eval_benchmarks": None, "promote": "never",
+    "promote_metric": "eval_loss", "promote_timeout_hours": None,
 }
 
 
@@ -95,8 +97,8 @@ def test_local_defaults_resolve_to_what_the_trainer_expects(catalog):
                                  "learning_rate": 5e-3, "cutoff_len": 128, "per_device_train_batch_size": 4,
                                  "val_size": 0.2, "logging_steps": 2, "save_steps": 10}, catalog)
     assert resolved["spec"] == TRAINER_VIEW
-    assert set(resolved) == {"airtune_version", "spec", "model", "template", "datasets", "location", "runtime",
-                             "parent", "reward_model", "estimate", "warnings"}
+    assert set(resolved) == {"airtune_version", "spec", "model", "template", "datasets", "eval_datasets",
+                             "benchmarks", "location", "runtime", "parent", "reward_model", "estimate", "warnings"}
     assert resolved["runtime"] == {"nodes": 1, "gpus_per_node": 0, "world_size": 1, "device": "cpu",
                                    "processes_per_node": 1, "gpu_type": "cpu"}
     assert resolved["model"]["kind"] == "base" and resolved["model"]["context_length"] == 2048

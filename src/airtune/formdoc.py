@@ -47,6 +47,7 @@ _CATALOG_SOURCES = {
     "templates": "`auto`, or a template of `configs/templates/`",
     "datasets": "datasets of `configs/datasets.yaml`",
     "gpu_types": "a GPU type the chosen location offers (`configs/locations.yaml`)",
+    "benchmarks": "benchmarks of `configs/benchmarks.yaml`",
 }
 _KIND_WORDS = {"str": "text", "choice": "choice", "int": "integer", "float": "number",
                "bool": "boolean", "names": "one or more names", "target": "`all` or module names",
@@ -66,6 +67,11 @@ RULE_EXAMPLES: tuple[dict, ...] = (
     {"booster": "unsloth", "distributed": "zero3"},
     {"extra_args": {"output_dir": "/tmp/x"}},
     {"extra_args": {"optim": "sgd"}},
+    {"eval_dataset": "alpaca_en_demo", "val_size": 0.1},
+    {"promote": "auto"},
+    {"promote": "auto", "val_size": 0.1, "promote_metric": "reward_accuracy"},
+    {"promote": "auto", "val_size": 0.1, "promote_metric": "rouge-l", "eval_max_samples": 0},
+    {"promote": "approve", "val_size": 0.1, "promote_metric": "benchmark:mmlu"},
 )
 # A job every example starts from (the table's rules need no catalog: these names are not looked up).
 _BASE_JOB = {"name": "example", "base_model": "tiny-llama-dev", "dataset": "identity"}
@@ -105,6 +111,11 @@ CHECKED_BY_VALIDATE: dict[str, tuple[str, ...]] = {
                      "skipped with a warning. A cutoff_len longer than the model's context without rope_scaling: "
                      "a warning.",),
     "freeze_trainable_layers": ("At most the layers the model has.",),
+    "eval_dataset": ("A name that is not in `configs/datasets.yaml`: error.",
+                     "Each dataset's kind must fit the stage, as for `dataset`."),
+    "eval_benchmarks": ("A name that is not in `configs/benchmarks.yaml`, or whose files do not exist: error.",),
+    "promote": ("`approve` under `airtune run` (the embedded default) needs the stack of `make up` running: "
+                "its api-server records the answer. Refused otherwise, saying so.",),
     "extra_args": ("Each key must be a field of the stage's TRL config (`SFTConfig`, `DPOConfig`, ...): an "
                    "unknown key is refused, naming it.",),
 }

@@ -330,9 +330,34 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
             refuse("dataset", f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
                               f"{stage} trains on {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
                               f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
-        datasets.append({"name": entry.name, "format": entry.format, "kind": entry.kind,
-                         "files": [str(p) for p in entry.files], "columns": dict(entry.columns),
-                         "tags": dict(entry.tags), **({"fill": dict(entry.fill)} if entry.fill else {})})
+        datasets.append(_dataset_record(entry))
+
+    # -- evaluation: held-out datasets and benchmarks (docs/form.md, section 5) --
+    eval_datasets = []
+    for name in v["eval_dataset"] or []:
+        entry = catalog.datasets.get(name)
+        if entry is None:
+            refuse("eval_dataset", "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
+                   value=name)
+            continue
+        if entry.kind not in fitting:
+            fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
+            refuse("eval_dataset", f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
+                                   f"{stage} evaluates on {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that "
+                                   f"fit: {', '.join(fits) or 'none in the catalog'}", "stage", value=name)
+        eval_datasets.append(_dataset_record(entry))
+    benchmarks = []
+    for name in v["eval_benchmarks"] or []:
+        bench = catalog.benchmarks.get(name)
+        if bench is None:
+            refuse("eval_benchmarks", "not in the catalog (configs/benchmarks.yaml); accepted: "
+                                      + (", ".join(catalog.benchmarks) or "none: the catalog has no benchmarks yet"),
+                   value=name)
+            continue
+        missing = [str(f) for f in bench.files if not f.is_file()]
+        if missing:
+            refuse("eval_benchmarks", f"its file {missing[0]} does not exist (configs/benchmarks.yaml)", value=name)
+        benchmarks.append({"name": bench.name, "files": [str(f) for f in bench.files], "lang": bench.lang})
 
     # -- earlier jobs: parent_job, reward_model --
     lookup = jobs
@@ -495,6 +520,9 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     out["packing"] = (v["packing"] if v["packing"] is not None else stage == "pt") if stage in ("pt", "sft") else False
     for name in ("train_on_prompt", "mask_history"):
         out[name] = bool(v[name]) if stage == "sft" else None
+    out["promote"] = v["promote"] or "never"
+    out["promote_timeout_hours"] = ((v["promote_timeout_hours"] or APPLIED_DEFAULTS["promote_timeout_hours"])
+                                    if out["promote"] == "approve" else None)
     scheduler = v["lr_scheduler_type"]
     out["min_lr_rate"] = (v["min_lr_rate"] or APPLIED_DEFAULTS["min_lr_rate"]) if scheduler == "cosine_with_min_lr" else None
     out["decay_ratio"] = (v["decay_ratio"] or APPLIED_DEFAULTS["decay_ratio"]) if scheduler == "warmup_stable_decay" else None
@@ -554,6 +582,8 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
         "template": ({"name": template, "path": str(catalog.templates[template].path)}
                      if template in catalog.templates else None),
         "datasets": datasets,
+        "eval_datasets": eval_datasets,
+        "benchmarks": benchmarks,
         "location": _location_record(location, gpu_name),
         "runtime": {"nodes": nodes, "gpus_per_node": gpus, "world_size": world_size, "device": device,
                     "processes_per_node": max(1, gpus), "gpu_type": gpu_name},
@@ -563,6 +593,13 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
         "warnings": warnings,
     }
     return resolved, errors
+
+
+def _dataset_record(entry) -> dict:
+    """A catalog dataset as the resolved spec holds it (datasets, eval_datasets)."""
+    return {"name": entry.name, "format": entry.format, "kind": entry.kind,
+            "files": [str(p) for p in entry.files], "columns": dict(entry.columns),
+            "tags": dict(entry.tags), **({"fill": dict(entry.fill)} if entry.fill else {})}
 
 
 def _parts(parts: dict) -> str:

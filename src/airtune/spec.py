@@ -81,6 +81,8 @@ SECTIONS: tuple[Section, ...] = (
     Section(3, "Advanced configuration", "高级配置"),
     # Beyond the platform's original form; shown last (LLaMA-Factory has each of these options).
     Section(4, "Further options", "更多选项"),
+    # What the evaluate task measures and what may become the model in use (docs/form.md, section 5).
+    Section(5, "Evaluation and promotion", "评估与模型晋级"),
 )
 
 # -- value patterns -------------------------------------------------------------------------------
@@ -94,6 +96,9 @@ OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 MODULE_PATTERN = r"^[A-Za-z0-9_.]+$"
 # lora_target as text in the form: `all`, or module names separated by commas.
 LORA_TARGET_TEXT_PATTERN = r"^\s*(all|[A-Za-z0-9_.]+(\s*,\s*[A-Za-z0-9_.]+)*)\s*$"
+# promote_metric: a metric the evaluate task computes, or a benchmark's overall accuracy.
+PROMOTE_METRIC_PATTERN = r"^(eval_loss|rouge-1|rouge-2|rouge-l|bleu-4|reward_accuracy|benchmark:[A-Za-z0-9_.-]+)$"
+PROMOTE_METRICS = ("eval_loss", "rouge-1", "rouge-2", "rouge-l", "bleu-4", "reward_accuracy")
 # dataset as text: names separated by commas.
 NAMES_TEXT_PATTERN = r"^\s*[^,\s]+(\s*,\s*[^,\s]+)*\s*$"
 # numpy's seed must lie in [0, 2**32 - 1]: transformers' set_seed passes ours to it.
@@ -696,6 +701,60 @@ class JobSpec:
         help_zh="仅用于warmup_stable_decay学习率调节器：衰减阶段占总步数的比例。",
     )
 
+    # -- section 5: evaluation and promotion (评估与模型晋级) --
+    eval_dataset: list[str] | None = _f(
+        section=5, kind="names", catalog="datasets",
+        default_en="empty (the validation split)", default_zh="留空（使用验证集）",
+        label_en="Evaluation dataset", label_zh="评估数据集",
+        help_en="Catalog datasets used only for evaluation, in place of a validation split cut from the training "
+                "data (leave val_size at 0). Their kind must fit the stage.",
+        help_zh="仅用于评估的数据集（替代从训练数据中切分的验证集，此时验证集比例请保持0），数据类型须与训练阶段匹配。",
+    )
+    eval_max_samples: int = _f(
+        50, section=5, kind="int", ge=0, le=100_000,
+        label_en="Evaluation prompts", label_zh="评估样本数",
+        help_en="How many held-out prompts the evaluate task answers with the model the job started from and with "
+                "the tuned model, scored against their references (ROUGE-1/2/L, BLEU-4). 0: no generation.",
+        help_zh="评估任务用原始模型和微调后模型分别回答的验证样本数，并与参考答案比较打分（ROUGE-1/2/L、BLEU-4）。0：不生成。",
+    )
+    eval_benchmarks: list[str] | None = _f(
+        section=5, kind="names", catalog="benchmarks",
+        default_en="empty (none)", default_zh="留空（不评测）",
+        label_en="Benchmarks", label_zh="评测基准",
+        help_en="Multiple-choice benchmarks of the catalog (MMLU / C-Eval / CMMLU layout) scored before and after: "
+                "accuracy per subject and overall.",
+        help_zh="目录中的选择题评测基准（MMLU / C-Eval / CMMLU 格式），微调前后分别评测：各科目及总体准确率。",
+    )
+    promote: str | None = _f(
+        section=5, kind="choice", choices=("never", "auto", "approve"),
+        choice_labels={"auto": ("auto: when better than the champion", "auto：优于当前版本时自动晋级"),
+                       "approve": ("approve: a person decides", "approve：人工审批"),
+                       "never": ("never: register only", "never：只注册，不晋级")},
+        default_en="empty; never for a one-off job, auto in a retraining job file",
+        default_zh="留空；单次任务为never，定时重训任务为auto",
+        label_en="Promotion", label_zh="模型晋级",
+        help_en="Whether the new version becomes the registered model's champion (the version in use). auto: when it "
+                "beats the current champion on promote_metric (a tie keeps the champion); approve: the run waits "
+                "for a person to approve or reject, with the comparison in front of them; never: register only.",
+        help_zh="新版本是否成为注册模型的 champion（正在使用的版本）。auto：在晋级指标上优于当前 champion 时晋级"
+                "（持平则保留原版本）；approve：任务等待人工审批（附对比结果）；never：只注册。",
+    )
+    promote_metric: str = _f(
+        "eval_loss", section=5, kind="str", pattern=PROMOTE_METRIC_PATTERN, max_length=128,
+        label_en="Promotion metric", label_zh="晋级指标",
+        help_en="What promotion compares: eval_loss (lower is better), rouge-1, rouge-2, rouge-l, bleu-4, "
+                "reward_accuracy (stages rm and dpo), or benchmark:<name> (a benchmark of eval_benchmarks).",
+        help_zh="晋级时比较的指标：eval_loss（越低越好）、rouge-1、rouge-2、rouge-l、bleu-4、reward_accuracy"
+                "（rm、dpo 阶段），或 benchmark:<名称>（须在评测基准中）。",
+    )
+    promote_timeout_hours: float | None = _f(
+        section=5, kind="float", gt=0, le=24 * 30, used_with={"promote": ("approve",)},
+        default_en="empty; with approve: 24", default_zh="留空；approve时为24",
+        label_en="Approval timeout (hours)", label_zh="审批超时（小时）",
+        help_en="With promote approve: hours to wait for an answer; no answer by then counts as a rejection.",
+        help_zh="仅用于 approve：等待审批的小时数，超时未答复视为拒绝。",
+    )
+
     def to_dict(self) -> dict:
         """Every key, JSON-able (lists for dataset / lora_target, a copy of extra_args)."""
         out = {}
@@ -714,6 +773,7 @@ class JobSpec:
 APPLIED_DEFAULTS = {
     "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "freeze_trainable_layers": 2,
     "pref_loss": "sigmoid", "pref_beta": 0.1, "min_lr_rate": 0.1, "decay_ratio": 0.1,
+    "promote_timeout_hours": 24.0,
 }
 
 
@@ -845,7 +905,8 @@ def param_schema(field_name: str) -> dict:
     schema: dict[str, Any]
     if f.kind == "names":
         # The form shows a multi-select (an array); YAML files and REST calls may also give "a, b".
-        schema = {"type": ["array", "string"], "items": {"type": "string", "minLength": 1}, "minItems": 1,
+        schema = {"type": ["array", "string"], "items": {"type": "string", "minLength": 1},
+                  "minItems": 1 if f.required else 0,  # an optional multi-select left empty sends []
                   "uniqueItems": True, "pattern": NAMES_TEXT_PATTERN}
     elif f.kind == "target":
         schema = {"type": ["string", "array"], "pattern": LORA_TARGET_TEXT_PATTERN,
@@ -1001,7 +1062,7 @@ def _convert(f: FieldInfo, value: Any) -> Any:
             raise _Bad
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise _Bad(f"each dataset at most once ({', '.join(duplicates)} given twice)")
+            raise _Bad(f"each {'benchmark' if f.catalog == 'benchmarks' else 'dataset'} at most once ({', '.join(duplicates)} given twice)")
         return names
     if f.kind == "target":
         if isinstance(value, str) and value.strip().lower() == "all":
@@ -1094,6 +1155,53 @@ def _cross_field_errors(v: dict, bad: set) -> list[FieldError]:
                           f"use another booster or distributed ddp/zero2", "distributed")
     if v["stage"] == "grpo" and not v["reward_model"]:
         refuse("reward_model", "required with stage grpo: the name of a finished rm job", "stage")
+    errors += _evaluation_errors(v, bad | {e.field for e in errors})
+    return errors
+
+
+# What each promote_metric needs (docs/form.md, section 5): the stages it exists for, and whether it
+# needs held-out data (a validation split or eval_dataset) and generated answers.
+METRIC_STAGES = {
+    "eval_loss": ("pt", "sft", "rm", "dpo", "kto"),
+    "rouge-1": ("sft",), "rouge-2": ("sft",), "rouge-l": ("sft",), "bleu-4": ("sft",),
+    "reward_accuracy": ("rm", "dpo"),
+}
+LOWER_IS_BETTER = ("eval_loss",)
+
+
+def _evaluation_errors(v: dict, bad: set) -> list[FieldError]:
+    """Section 5's rules: held-out data from one place, and a promote_metric the job can compute."""
+    errors: list[FieldError] = []
+
+    def refuse(name: str, message: str, *others: str) -> None:
+        if name not in bad and not bad.intersection(others):
+            errors.append(FieldError(name, v[name], message))
+
+    if v["eval_dataset"] and v["val_size"]:
+        refuse("eval_dataset", f"either eval_dataset or val_size (this job has val_size {_num(v['val_size'])}): "
+                               "held-out data comes from one place; set val_size to 0, or leave eval_dataset empty",
+               "val_size")
+    if v["promote"] not in ("auto", "approve"):
+        return errors
+    metric, stage = v["promote_metric"], v["stage"]
+    held_out = bool(v["val_size"] or v["eval_dataset"])
+    if metric.startswith("benchmark:"):
+        name = metric.removeprefix("benchmark:")
+        if name not in (v["eval_benchmarks"] or []):
+            refuse("promote_metric", f"benchmark {name!r} is not in eval_benchmarks "
+                                     f"({', '.join(v['eval_benchmarks'] or []) or 'empty'}); add it there", "eval_benchmarks")
+        return errors
+    if stage not in METRIC_STAGES[metric]:
+        refuse("promote_metric", f"{metric} is measured for stage {' or '.join(METRIC_STAGES[metric])}; this job has "
+                                 f"stage {stage!r}", "stage")
+    elif stage == "grpo":
+        pass  # unreachable: no metric lists grpo
+    elif not held_out:
+        refuse("promote_metric", f"{metric} is measured on held-out data and this job has none: with promote "
+                                 f"{v['promote']}, set val_size > 0 or eval_dataset", "val_size", "eval_dataset", "promote")
+    elif metric in ("rouge-1", "rouge-2", "rouge-l", "bleu-4") and v["eval_max_samples"] == 0:
+        refuse("promote_metric", f"{metric} scores generated answers and eval_max_samples is 0; set "
+                                 f"eval_max_samples > 0 or promote on eval_loss", "eval_max_samples", "promote")
     return errors
 
 
