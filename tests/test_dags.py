@@ -47,7 +47,15 @@ def test_finetune_dag_shape(dagbag):
     assert dag.get_task("validate").retries == 0  # an invalid job never waits for a retry
     assert dag.get_task("cleanup").is_teardown
     assert "prepare_dataset" in dag.get_task("validate").downstream_task_ids
-    assert "register" in dag.get_task("train_local").downstream_task_ids
+    assert "evaluate_local" in dag.get_task("train_local").downstream_task_ids
+    assert "register" in dag.get_task("evaluate_local").downstream_task_ids
+    assert dag.get_task("evaluate_kubernetes").upstream_task_ids >= {"train_kubernetes_pod", "train_kubernetes_job.train",
+                                                                    "choose_launcher"}
+    # the approval, then promote whatever the answer (and directly for promote auto / never)
+    assert dag.get_task("choose_promotion").downstream_task_ids == {"approve", "promote"}
+    assert dag.get_task("approve").downstream_task_ids == {"promote"}
+    assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    assert "promote" in dag.get_task("cleanup").upstream_task_ids
 
 
 def test_parsing_loads_no_heavy_module(tmp_path):

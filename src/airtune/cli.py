@@ -89,8 +89,14 @@ def cmd_prepare(args) -> int:
 def cmd_run(args) -> int:
     from airtune import runner
 
-    if _validated(args.file) is None:
+    resolved = _validated(args.file)
+    if resolved is None:
         return EXIT_INVALID
+    if resolved["spec"].get("promote") == "approve":
+        problem = runner.approval_unanswerable()
+        if problem:
+            print(f"{args.file}: promote: 'approve' is not accepted here: {problem}", file=sys.stderr)
+            return EXIT_INVALID
     summary, code = runner.supervise(_load_job_file(args.file), verbose=args.verbose or args.debug)
     if summary is not None:
         if args.json:

@@ -1,8 +1,15 @@
 """The task graph of one fine-tuning job, shared by airtune_finetune and the retraining DAGs.
 
-    validate ─► prepare_dataset ─► choose_launcher ─► train_local ─► register
-                                                   (one train task per launcher kind)
+    validate ─► prepare_dataset ─► choose_launcher ─► train_local ─► evaluate_local ─► register
+                                                   (one train and evaluate task per launcher kind)
+    register ─► choose_promotion ─► approve (a person, with promote: approve) ─► promote
     cleanup runs last, always: it stops anything training left behind.
+
+The evaluate task runs where training ran (a local process, or a pod on the Kubernetes location),
+so the tuned model never has to fit on an Airflow worker. `approve` is a human-in-the-loop task
+(Airflow's HITLOperator): it waits in the `awaiting_input` state, holding no worker or pool slot,
+until someone answers in the UI's Required Actions or through the REST API; `promote` runs after it
+whatever the answer (and directly when the job's promote is auto or never) and records the decision.
 
 `build_job_graph()` is called inside a `@dag` function (dags/airtune_finetune.py,
 dags/airtune_retrain.py). The two DAGs differ only in where the job comes from:
@@ -35,9 +42,12 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
     """
     from airflow.sdk import TaskGroup, get_current_context, task
 
+    from airtune.launch.kubernetes.evaluate import EvaluatePodOperator
     from airtune.launch.kubernetes.operators import TrainJobOperator, TrainPodOperator
+    from airtune.promotion_task import PromotionApproval
 
-    fixed_job = dict(job) if job is not None else None
+    # a retraining job file promotes a better model by default (docs/form.md#promote)
+    fixed_job = {"promote": "auto", **job} if job is not None else None
     local_pool = pools.pool_name("local")
     local_slots = pools.LOCAL_SLOTS  # one local job at a time, whatever its GPUs (airtune.pools)
     kube_pool = {"pool": train_pool[0], "pool_slots": train_pool[1]} if train_pool else {}
@@ -60,8 +70,11 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
         return pipeline.prepare_dataset(job)
 
     @task.branch
-    def choose_launcher(job: dict) -> str:
-        return f"train_{job['launcher']}"
+    def choose_launcher(job: dict) -> list[str]:
+        if job["launcher"] == "local":
+            return ["train_local"]
+        # the Kubernetes evaluate pod follows either Kubernetes branch (skipped with the local one)
+        return [f"train_{job['launcher']}", "evaluate_kubernetes"]
 
     # a retry resumes from the newest checkpoint in the job folder
     @task(retries=2, pool=local_pool, pool_slots=local_slots)
@@ -87,6 +100,26 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
         from airtune import pipeline
 
         return pipeline.register(job)
+
+    @task(retries=1, pool=local_pool, pool_slots=local_slots)
+    def evaluate_local(job: dict) -> dict:
+        from airtune import pipeline
+
+        return pipeline.evaluate_local(job)
+
+    @task.branch
+    def choose_promotion(job: dict) -> str:
+        from airtune import pipeline
+
+        return "approve" if pipeline.promotion_mode(job) == "approve" else "promote"
+
+    # runs after the approval whatever its answer, and without it for promote auto / never
+    @task(trigger_rule="none_failed_min_one_success", retries=2)
+    def promote(job: dict) -> dict:
+        from airtune import pipeline
+
+        approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
+        return pipeline.promote(job, approval)
 
     @task(retries=0)
     def cleanup() -> None:
@@ -117,8 +150,18 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
         trained = TrainJobOperator(task_id="train", airtune_job=prepared, retries=2, **kube_pool)
         started >> trained >> teardown_kubernetes_job(prepared).as_teardown(setups=started)
     branch >> [trained_pod, trained_job]
+    evaluated_local = evaluate_local(trained_local)
+    # one pod on the location, whichever of the two Kubernetes branches trained
+    evaluated_pod = EvaluatePodOperator(task_id="evaluate_kubernetes", airtune_job=prepared, retries=1,
+                                        trigger_rule="none_failed_min_one_success", **kube_pool)
+    [trained_pod, trained_job] >> evaluated_pod
+    branch >> evaluated_pod
     registered = register(prepared)
-    trained_local >> registered
-    [trained_pod, trained_job] >> registered
+    [evaluated_local, evaluated_pod] >> registered
+    how = choose_promotion(registered)
+    approval = PromotionApproval(task_id="approve", airtune_job=registered)
+    promoted = promote(registered)
+    how >> [approval, promoted]
+    approval >> promoted
     # A teardown: it runs however the run ends; it fails the run when the job did not finish.
-    registered >> cleanup().as_teardown(setups=job_ref, on_failure_fail_dagrun=True)
+    promoted >> cleanup().as_teardown(setups=job_ref, on_failure_fail_dagrun=True)

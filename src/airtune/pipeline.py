@@ -1,6 +1,7 @@
 """The bodies of the DAG's tasks. The DAG file stays thin; everything heavy is imported in here, lazily.
 
-validate ─► prepare_dataset ─► choose_launcher ─► train_<kind> ─► register ─► cleanup (always)
+validate ─► prepare_dataset ─► choose_launcher ─► train_<kind> ─► evaluate_<kind> ─► register
+         ─► choose_promotion ─► [approve] ─► promote ─► cleanup (always)
 
 Each task gets and returns small JSON-able dicts (XCom); the real hand-over is the job folder
 `<workspace>/jobs/<name>/<run_id>/` (docs/architecture.md).
@@ -163,6 +164,68 @@ def train_local(job: dict) -> dict:
     return job
 
 
+EVALUATION_DIR = "evaluation"
+
+
+def evaluate_inputs(job: dict) -> dict:
+    """What the evaluate step scores: the weights register will register (tracking.best_model_dir)
+    and, when the job may move `champion`, the current champion's weights to score on the same data."""
+    from airtune import tracking
+
+    job_dir = Path(job["job_dir"])
+    result = json.loads((job_dir / "result.json").read_text())
+    resolved = load_resolved(job)
+    out = {"model_dir": str(tracking.best_model_dir(job_dir, result)), "champion_dir": None, "champion_version": None}
+    if resolved["spec"].get("promote", "never") != "never":
+        try:
+            from airtune import inference, promotion
+
+            mv = promotion.champion_of(tracking.client(), resolved["spec"]["name"])
+            if mv is not None:
+                folder, _ = inference.locate(inference.find_version(resolved["spec"]["name"], mv.version))
+                out.update(champion_dir=str(folder), champion_version=str(mv.version))
+        except Exception as exc:  # scored from its recorded numbers instead (promotion says so)
+            log.warning("the champion's weights cannot be scored on this job's data: %s", exc)
+    return out
+
+
+def evaluate_local(job: dict) -> dict:
+    """Score the tuned model and the model the job started from (python -m airtune.evaluate) on this machine."""
+    from airtune.launch import local
+    from airtune.launch.command import evaluate_command
+
+    resolved = load_resolved(job)
+    job_dir = Path(job["job_dir"])
+    inputs = evaluate_inputs(job)
+    cmd = evaluate_command(resolved, spec_path=job_dir / "spec.json", data_dir=job["data_dir"],
+                           model_dir=inputs["model_dir"], output_dir=job_dir / EVALUATION_DIR)
+    if inputs["champion_dir"]:
+        cmd += ["--champion", inputs["champion_dir"], "--champion-version", inputs["champion_version"]]
+    started = time.monotonic()
+    try:
+        local.run(cmd, job_dir=job_dir, env=train_env(job), echo=log.info)
+    except local.TrainingRefused as exc:
+        fail_now(str(exc).replace("training refused", "evaluation refused"))
+    log.info("evaluation: %s (%.0f s)", evaluation_summary(job_dir / EVALUATION_DIR), time.monotonic() - started)
+    return job
+
+
+def evaluation_summary(folder: Path) -> str:
+    """One line: the tuned figures against the base figures."""
+    try:
+        ev = json.loads((Path(folder) / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        return "no results"
+    base, tuned = ev.get("base") or {}, ev.get("tuned") or {}
+    parts = []
+    for k, v in tuned.items():
+        if "/" in k or not isinstance(v, (int, float)):
+            continue
+        b = base.get(k)
+        parts.append(f"{k} {b:.4g} -> {v:.4g}" if isinstance(b, (int, float)) else f"{k} {v:.4g}")
+    return ", ".join(parts) or "no figures"
+
+
 def start_kubernetes_job(job: dict) -> dict:
     """Setup of the several-machines branch: the headless Service its pods find each other through."""
     from airtune.launch import kubernetes
@@ -190,6 +253,10 @@ def register(job: dict) -> dict:
     resolved = load_resolved(job)
     spec = resolved["spec"]
     recorded = tracking.finish_run(job_dir, resolved, job["mlflow_run_id"])
+    evaluation_dir = job_dir / EVALUATION_DIR
+    if (evaluation_dir / "evaluation.json").exists():
+        tracking.record_evaluation(job["mlflow_run_id"], spec["name"], recorded["model_version"], evaluation_dir,
+                                   step=int(result.get("global_step") or 0))
     out = {
         **job,
         **recorded,
@@ -198,6 +265,82 @@ def register(job: dict) -> dict:
     }
     _write_json_atomic(job_dir / "registered.json", out)
     log.info("registered %s version %s (%s) from %s", spec["name"], recorded["model_version"], recorded["model_uri"], recorded["best_checkpoint"])
+    return out
+
+
+def promotion_mode(job: dict) -> str:
+    return load_resolved(job)["spec"].get("promote") or "never"
+
+
+def comparison_markdown(job: dict) -> str:
+    """The approve task's body: the new version against the champion and the base model (a Markdown table)."""
+    from airtune import promotion, tracking
+
+    resolved = load_resolved(job)
+    spec = resolved["spec"]
+    metric = spec.get("promote_metric") or "eval_loss"
+    try:
+        ev = json.loads((Path(job["job_dir"]) / EVALUATION_DIR / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        ev = {}
+    champion = ev.get("champion") or {}
+    mv = promotion.champion_of(tracking.client(), spec["name"])
+    if mv is not None and not champion:
+        champion = {k.removeprefix("eval.tuned."): float(v) for k, v in mv.tags.items() if k.startswith("eval.tuned.")}
+    keys = [k for k in (ev.get("tuned") or {}) if "/" not in k]
+    heads = ["metric", "base model", f"champion (version {mv.version})" if mv is not None else "champion (none yet)",
+             f"new (version {job.get('model_version')})"]
+    lines = [f"**{spec['name']}**: promote version {job.get('model_version')} to `champion`? "
+             f"Compared on `{metric}` ({'lower' if metric in promotion.LOWER_IS_BETTER else 'higher'} is better), "
+             f"{ev.get('samples', 0)} held-out prompts.", "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+
+    def cell(d: dict, k: str) -> str:
+        v = d.get(k, d.get(promotion.metric_key(k)))
+        return f"{v:.4g}" if isinstance(v, (int, float)) else "–"
+
+    for k in keys:
+        name = f"**{k}**" if k == metric else k
+        lines.append(f"| {name} | {cell(ev.get('base') or {}, k)} | {cell(champion, k)} | {cell(ev['tuned'], k)} |")
+    lines += ["", f"Approve: version {job.get('model_version')} becomes the version in use. Reject (or no answer in "
+                  f"{spec.get('promote_timeout_hours') or 24:g} h): the champion stays."]
+    return "\n".join(lines)
+
+
+def promote(job: dict, approval: dict | None = None) -> dict:
+    """Apply the job's promote policy to the version register made; record the decision either way."""
+    from airtune import promotion, tracking
+
+    resolved = load_resolved(job)
+    spec = resolved["spec"]
+    name, version = spec["name"], str(job["model_version"])
+    mode, metric = spec.get("promote") or "never", spec.get("promote_metric") or "eval_loss"
+    try:
+        ev = json.loads((Path(job["job_dir"]) / EVALUATION_DIR / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        ev = {}
+    c = tracking.client()
+    holder = promotion.champion_of(c, name)
+    if holder is not None and str(holder.version) == version:  # a retry after the alias moved
+        log.info("promotion: version %s already holds champion", version)
+        return {**job, "promoted": True, "champion_version": version}
+    champion_value, source = None, ""
+    if holder is not None:
+        scored = ev.get("champion") or {}
+        if str(ev.get("champion_version")) == str(holder.version) and metric in scored:
+            champion_value, source = scored[metric], " (scored on this job's data)"
+        else:
+            champion_value = promotion.recorded_value(holder, metric)
+            source = " (as recorded at its own evaluation, on its data)"
+    decision = promotion.decide(mode, metric, (ev.get("tuned") or {}).get(metric),
+                                champion_version=str(holder.version) if holder is not None else None,
+                                champion_value=champion_value, approval=approval, champion_source=source)
+    promotion.apply(c, name, version, decision)
+    log.info("promotion of %s version %s: %s (%s)", name, version,
+             "promoted to champion" if decision.promoted else "not promoted", decision.reason)
+    out = {**job, "promoted": decision.promoted, "promotion": decision.reason, "decided_by": decision.by,
+           "champion_version": version if decision.promoted else (str(holder.version) if holder is not None else None)}
+    _write_json_atomic(Path(job["job_dir"]) / "promotion.json", out)
     return out
 
 

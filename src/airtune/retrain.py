@@ -216,7 +216,8 @@ def load_file(path: Path) -> RetrainJob:
         errors.append(f"name: {mapping.get('name')!r} is not accepted: a job file under configs/jobs/ is named after its "
                       f"job; this file, {path.name}, takes name: {stem} (or rename the file)")
         fields.append("name")
-    for e in check_spec(mapping):
+    # a retraining job promotes a better model by default (docs/form.md#promote): checked as it will run
+    for e in check_spec({"promote": "auto", **mapping}):
         if e.field == "name" and "name" in fields:
             continue
         errors.append(str(e))

@@ -57,20 +57,43 @@ def run_job(conf: dict, dag_id: str = "airtune_finetune") -> dict:
     job_dir = paths.job_dir(name, dr.run_id) if name else None
     if job_dir is not None:
         summary["job_dir"] = str(job_dir)
-        for fname in ("registered.json", "result.json"):
+        for fname in ("promotion.json", "registered.json", "result.json"):
             f = job_dir / fname
             if f.exists():
                 data = json.loads(f.read_text())
                 for k in ("mlflow_run_id", "registered_model", "model_version", "output_dir", "train_loss_first", "train_loss_last",
-                          "global_step", "eval_loss"):
+                          "global_step", "eval_loss", "alias_best", "promotion", "champion_version"):
                     if k in data and k not in summary:
                         summary[k] = data[k]
+        if (job_dir / "evaluation" / "evaluation.json").exists():
+            from airtune.pipeline import evaluation_summary
+
+            summary["evaluation"] = evaluation_summary(job_dir / "evaluation")
         spec = job_dir / "spec.json"
         if spec.exists() and "mlflow_run_id" not in summary:
             summary["mlflow_run_id"] = json.loads(spec.read_text()).get("tracking", {}).get("mlflow_run_id")
     for k in ("mlflow_run_id", "registered_model", "model_version", "output_dir", "train_loss_first", "train_loss_last"):
         summary.setdefault(k, None)
     return summary
+
+
+def approval_unanswerable() -> str | None:
+    """Why a job with promote: approve cannot wait for its answer under `airtune run`, or None.
+
+    The approve task waits until an api-server on the same Airflow database records an answer (the
+    UI's Required Actions, or the REST API): on the embedded default, the stack of `make up`."""
+    import urllib.request
+
+    env = localstack.environment()
+    url = env["AIRFLOW__API__BASE_URL"].rstrip("/") + "/api/v2/monitor/health"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            if r.status == 200:
+                return None
+    except OSError:
+        pass
+    return (f"a person answers the approval in Airflow's UI or REST API, and no Airflow api-server answers at "
+            f"{env['AIRFLOW__API__BASE_URL']}: start the stack with `make up` first, or use promote auto or never")
 
 
 # --- the supervising parent ------------------------------------------------------------------------
@@ -90,6 +113,8 @@ _SPEC = re.compile(r"resolved spec written to (\S+/spec\.json)")
 _LEVEL = re.compile(r"^\S+ \[(error|critical)\s*\] (.*)$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|InUse|Failed|Refused|Timeout)\w*): (.*)$")
+_APPROVAL = re.compile(r"waiting for an answer \(Approve / Reject\) for at most (\S+); Required Actions: (\S+)")
+_PROMOTION = re.compile(r"(promotion of \S+ version \d+: .*?)(?:\s+\[[\w.]+\].*)?$")
 _STRUCT_TAIL = re.compile(r"\s+\[[\w.]+\](?: [\w.]+=\S+)*\s*$")
 
 
@@ -165,6 +190,10 @@ class Progress:
             self.show()
         elif m := _SPEC.search(line):
             self.spec_path = m.group(1)
+        elif m := _APPROVAL.search(line):  # the approve task waits for a person: say where to answer
+            self._emit(f"  {'approve':<18} waiting  for an answer (Approve / Reject) at most {m.group(1)}: {m.group(2)}")
+        elif m := _PROMOTION.search(line):
+            self._emit(f"  {'':<18} {m.group(1)}")
         if m := _LEVEL.match(line):
             self.errors.append(_STRUCT_TAIL.sub("", m.group(2)).strip())
             del self.errors[:-8]
@@ -408,8 +437,16 @@ def print_summary(s: dict) -> None:
         lines.append(f"  weights          {s.get('output_dir')}")
     if s.get("mlflow_run_id"):
         lines.append(f"  MLflow run       {s.get('mlflow_run_id')}")
+    if s.get("evaluation"):
+        lines.append(f"  evaluation       {s['evaluation']} (base -> tuned)")
     if s.get("registered_model"):
-        lines.append(f"  registered model {s.get('registered_model')} version {s.get('model_version')} (models:/{s.get('registered_model')}@best)")
+        name = s.get("registered_model")
+        lines.append(f"  registered model {name} version {s.get('model_version')}"
+                     + (f" (models:/{name}@best)" if s.get("alias_best") else ""))
+    if s.get("promotion"):
+        champion = s.get("champion_version")
+        where = f"version {champion} (models:/{s.get('registered_model')}@champion)" if champion else "none"
+        lines.append(f"  champion         {where}: {s['promotion']}")
     if s.get("log_file"):
         lines.append(f"  Airflow's logs   {s['log_file']}")
     lines += [

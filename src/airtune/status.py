@@ -121,13 +121,22 @@ def _mlflow(name: str) -> tuple[dict, list[dict], dict, str | None]:
                 best = c.get_model_version_by_alias(name, tracking.ALIAS_BEST).version
             except MlflowException:
                 best = None
+            from airtune import promotion
+
+            champion = promotion.champion_of(c, name)
             model = {
                 "name": name,
                 "best_version": str(best) if best is not None else None,
                 "uri": f"models:/{name}@{tracking.ALIAS_BEST}" if best is not None else None,
+                "champion_version": str(champion.version) if champion is not None else None,
                 "versions": [
                     {"version": str(v.version), "run_id": v.run_id, "eval_loss": v.tags.get("eval_loss"),
-                     "checkpoint": v.tags.get("checkpoint"), "url": tracking.model_version_url(name, str(v.version))}
+                     "checkpoint": v.tags.get("checkpoint"), "url": tracking.model_version_url(name, str(v.version)),
+                     # the evaluate task's figures (tags eval.<source>.<metric>) and the promotion decision
+                     "evaluation": {k.removeprefix("eval."): v.tags[k] for k in sorted(v.tags)
+                                    if k.startswith(("eval.tuned.", "eval.base.", "eval.champion."))},
+                     "promotion": {k.removeprefix(promotion.TAG_PREFIX + "."): v.tags[k] for k in sorted(v.tags)
+                                   if k.startswith(promotion.TAG_PREFIX + ".")}}
                     for v in sorted(versions, key=lambda v: int(v.version))
                 ],
             }
@@ -279,6 +288,18 @@ def format_status(info: dict) -> str:
         if best:
             text += f", best = version {best['version']} (eval loss {best['eval_loss'] or '—'}, {model['uri']})"
         lines.append(text)
+        champion = next((v for v in model["versions"] if v["version"] == model.get("champion_version")), None)
+        if champion:
+            figures = ", ".join(f"{k.removeprefix('tuned.')} {v}" for k, v in champion.get("evaluation", {}).items()
+                                if k.startswith("tuned.") and "/" not in k)
+            lines.append(f"  champion           version {champion['version']} (models:/{name}@champion)"
+                         + (f": {figures}" if figures else ""))
+        else:
+            lines.append("  champion           none (no version promoted yet)")
+        latest = model["versions"][-1] if model["versions"] else None
+        if latest and latest.get("promotion"):
+            lines.append(f"  newest version {latest['version']}: {latest['promotion'].get('outcome', '?')}: "
+                         f"{latest['promotion'].get('reason', '')}")
     if info["workspace"]:
         lines.append(f"  files              {info['workspace']}")
     for src, err in info["errors"].items():

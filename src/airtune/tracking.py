@@ -437,6 +437,41 @@ def _job_path(job_dir: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else job_dir / p
 
 
+def _checkpoint_dirs(job_dir: Path, result: dict) -> dict[int, Path]:
+    dirs = {}
+    for rel in result.get("checkpoints") or []:
+        p = _job_path(job_dir, rel if isinstance(rel, str) else rel.get("path"))
+        if p is not None and _step_of(p) is not None:
+            dirs[_step_of(p)] = p
+    for p in (job_dir / "output").glob("checkpoint-*"):
+        if p.is_dir() and _step_of(p) is not None:
+            dirs.setdefault(_step_of(p), p)
+    return dirs
+
+
+def best_model_dir(job_dir: Path, result: dict, *, evals: dict | None = None, checkpoints: dict | None = None) -> Path:
+    """The weights a job registers (and the evaluate task scores): the trainer's best checkpoint
+    (result.json), else the lowest eval loss among the checkpoints on disk and the final weights,
+    else the final weights."""
+    job_dir = Path(job_dir)
+    if evals is None:
+        evals = {int(r["step"]): _numeric({k: v for k, v in r.items() if k.startswith("eval_")})
+                 for r in read_records(job_dir / "metrics.jsonl") if "eval_loss" in r}
+    if checkpoints is None:
+        checkpoints = _checkpoint_dirs(job_dir, result)
+    final_dir = _job_path(job_dir, result.get("final_dir")) or job_dir / "output" / "final"
+    best_dir = _job_path(job_dir, result.get("best_checkpoint") or result.get("best_checkpoint_dir"))
+    if best_dir is None:
+        scored = [(evals[s]["eval_loss"], p) for s, p in checkpoints.items() if s in evals and p.is_dir()]
+        if result.get("eval_loss") is not None:
+            scored.append((float(result["eval_loss"]), final_dir))
+        best_dir = min(scored, key=lambda t: t[0])[1] if scored else final_dir
+    if not best_dir.is_dir():
+        log.warning("the best checkpoint %s is no longer on disk; using the final weights", best_dir)
+        best_dir = final_dir
+    return best_dir
+
+
 def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
     """Everything the register task records once training is done; safe to run again (a retry).
 
@@ -475,14 +510,7 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
         return out
 
     # 2. checkpoints and final weights as logged models
-    ckpt_dirs = {}
-    for rel in result.get("checkpoints") or []:
-        p = _job_path(job_dir, rel if isinstance(rel, str) else rel.get("path"))
-        if p is not None and _step_of(p) is not None:
-            ckpt_dirs[_step_of(p)] = p
-    for p in (job_dir / "output").glob("checkpoint-*"):
-        if p.is_dir() and _step_of(p) is not None:
-            ckpt_dirs.setdefault(_step_of(p), p)
+    ckpt_dirs = _checkpoint_dirs(job_dir, result)
     models: dict[str, str] = {}  # relative dir -> logged model id
     for step, p in sorted(ckpt_dirs.items()):
         rel = os.path.relpath(p, job_dir)
@@ -495,15 +523,7 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
     models[final_rel] = record_checkpoint(c, mlflow_run_id, global_step, final_rel, final_metrics, kind="final")
 
     # 3. the best one: the trainer's choice (result.json), else the lowest eval loss on disk, else final
-    best_dir = _job_path(job_dir, result.get("best_checkpoint") or result.get("best_checkpoint_dir"))
-    if best_dir is None:
-        scored = [(evals[s]["eval_loss"], p) for s, p in ckpt_dirs.items() if s in evals and p.is_dir()]
-        if result.get("eval_loss") is not None:
-            scored.append((float(result["eval_loss"]), final_dir))
-        best_dir = min(scored, key=lambda t: t[0])[1] if scored else final_dir
-    if not best_dir.is_dir():
-        log.warning("the best checkpoint %s is no longer on disk; registering the final weights", best_dir)
-        best_dir = final_dir
+    best_dir = best_model_dir(job_dir, result, evals=evals, checkpoints=ckpt_dirs)
     best_rel = os.path.relpath(best_dir, job_dir)
     best_step = _step_of(best_dir) if best_dir != final_dir else global_step
     best_eval = result.get("best_eval_loss")
@@ -565,6 +585,7 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
         "registered_model": spec["name"],
         "model_version": registered["version"],
         "model_uri": f"models:/{spec['name']}@{ALIAS_BEST}" if registered["alias_best"] else f"models:/{spec['name']}/{registered['version']}",
+        "alias_best": bool(registered["alias_best"]),
         "logged_model_id": best_model_id,
         "best_checkpoint": best_rel,
         "best_step": best_step,
@@ -629,3 +650,64 @@ def _move_best_alias(c, name: str, mv) -> bool:
 
 def mark_failed(mlflow_run_id: str) -> None:
     client().set_terminated(mlflow_run_id, "FAILED")
+
+
+# --- evaluation (the evaluate task's results) --------------------------------------------------
+
+EVAL_SOURCES = ("base", "tuned", "champion")
+
+
+def _metric_key(name: str) -> str:
+    """MLflow keys take letters, digits, _ - . / and spaces: benchmark:mmlu/anatomy -> benchmark.mmlu/anatomy."""
+    return re.sub(r"[^\w./ -]", ".", name)
+
+
+def evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    """`base/rouge-l`, `tuned/eval_loss`, ...: each source's figures under its prefix (finite numbers only)."""
+    out = {}
+    for source in EVAL_SOURCES:
+        for key, value in (evaluation.get(source) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                out[f"{source}/{_metric_key(key)}"] = float(value)
+    return out
+
+
+def record_evaluation(mlflow_run_id: str, name: str, version: str, evaluation_dir: Path, *, step: int = 0) -> dict:
+    """The evaluate task's results on the run (metrics `base/…`, `tuned/…`, the predictions as an MLflow
+    table `evaluation/predictions.json`, both files) and on the model version (tags `eval.<source>.<metric>`,
+    what was evaluated). Safe to repeat: metrics are logged at one step, tags and artefacts overwritten."""
+    from mlflow.entities import Metric
+
+    evaluation_dir = Path(evaluation_dir)
+    evaluation = json.loads((evaluation_dir / "evaluation.json").read_text())
+    c = client()
+    now = int(time.time() * 1000)
+    metrics = evaluation_metrics(evaluation)
+    items = [Metric(k, v, now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 900):
+        c.log_batch(mlflow_run_id, metrics=items[i:i + 900])
+    for f in ("evaluation.json", "predictions.jsonl"):
+        if (evaluation_dir / f).exists():
+            c.log_artifact(mlflow_run_id, str(evaluation_dir / f), "evaluation")
+    rows = read_records(evaluation_dir / "predictions.jsonl") if (evaluation_dir / "predictions.jsonl").exists() else []
+    if rows:
+        table: dict[str, list] = {k: [] for k in ("prompt", "reference", "base", "tuned")}
+        score_keys = sorted({k for r in rows for k in (r.get("tuned_scores") or {})})
+        for k in score_keys:
+            table[f"base {k}"], table[f"tuned {k}"] = [], []
+        for r in rows:
+            for k in ("prompt", "reference", "base", "tuned"):
+                table[k].append(r.get(k))
+            for k in score_keys:
+                table[f"base {k}"].append((r.get("base_scores") or {}).get(k))
+                table[f"tuned {k}"].append((r.get("tuned_scores") or {}).get(k))
+        try:
+            c.log_table(mlflow_run_id, data=table, artifact_file="evaluation/predictions.json")
+        except Exception as exc:  # the table view is a convenience; the jsonl is the record
+            log.warning("could not log the predictions table: %s", exc)
+    tags = {f"eval.{k.replace('/', '.', 1)}": f"{v:.6g}" for k, v in metrics.items() if k.count("/") <= 1}
+    tags["eval.samples"] = str(evaluation.get("samples", ""))
+    tags["eval.source"] = str(evaluation.get("source", ""))[:TAG_VALUE_LIMIT]
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+    return {"metrics": metrics, "samples": evaluation.get("samples")}

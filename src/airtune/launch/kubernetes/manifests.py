@@ -25,7 +25,8 @@ from kubernetes.client import models as k8s
 from airtune.launch.command import train_command
 from airtune.launch.kubernetes import naming
 
-ROLES = ("train", "prepare")
+# evaluate: the tuned and the base model scored where training ran (GPUs, like train)
+ROLES = ("train", "prepare", "evaluate")
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 STORAGE_KINDS = ("models", "datasets", "workspace")
@@ -209,6 +210,12 @@ def tracking_uri_for_pods(settings: Settings) -> str | None:
 
 def command(resolved: dict, run: Run, *, role: str, rendezvous: dict | None = None) -> list[str]:
     """The container's command: THE training command (launch.command) or the prepare step."""
+    if role == "evaluate":  # the operator adds --model / --champion once training has chosen them
+        from airtune.launch.command import evaluate_command
+
+        return evaluate_command(resolved, spec_path=run.spec_path, data_dir=run.data_dir,
+                                model_dir=f"{run.output_dir}/final", output_dir=f"{run.job_dir}/evaluation",
+                                python="python")
     if role == "train":
         return train_command(
             resolved, spec_path=run.spec_path, data_dir=run.data_dir, output_dir=run.output_dir,
@@ -249,7 +256,7 @@ def env(resolved: dict, run: Run, *, role: str) -> tuple[list[k8s.V1EnvVar], lis
     )
     if hf_home:
         values["HF_HOME"] = hf_home
-    if role == "train":
+    if role in ("train", "evaluate"):
         values["AIRTUNE_METRICS_FILE"] = f"{run.job_dir}/metrics.jsonl"
         uri = tracking_uri_for_pods(settings)
         if uri and run.mlflow_run_id:
@@ -293,7 +300,7 @@ def scheduling(resolved: dict, *, role: str) -> dict[str, Any]:
     settings = location_settings(resolved)
     selector = dict(settings.node_selector)
     tolerations = []
-    if role == "train":
+    if role in ("train", "evaluate"):
         gpu_type = settings.gpu_types.get(resolved["spec"]["gpu_type"]) or {}
         selector.update(gpu_type.get("node_selector") or {})
         tolerations = [k8s.V1Toleration(**t) for t in settings.tolerations]

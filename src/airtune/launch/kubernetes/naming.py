@@ -54,7 +54,7 @@ def label_value(value: str) -> str:
 
 
 def pod_name(job: str, dag_id: str, run_id: str, role: str, try_number: int) -> str:
-    short_role = {"train": "train", "prepare": "prep"}[role]
+    short_role = {"train": "train", "prepare": "prep", "evaluate": "eval"}[role]
     return dns_label(job, short_role, run_key(dag_id, run_id), f"t{try_number}")
 
 
