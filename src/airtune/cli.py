@@ -106,6 +106,12 @@ def cmd_run(args) -> int:
     return code
 
 
+def cmd_evaluate(args) -> int:
+    from airtune import reevaluate
+
+    return reevaluate.main(args)
+
+
 def cmd_make_tiny_model(args) -> int:
     from airtune.tinymodel import make_tiny_model
 
@@ -459,6 +465,16 @@ def make_parser() -> argparse.ArgumentParser:
                            help="answer with the model the job started from too, side by side (base_answer in --json)")
             p.add_argument("--json", action="store_true", help="one JSON object a prompt: prompt, answer, version, base")
         p.set_defaults(func=cmd_generate if command == "generate" else cmd_chat)
+
+    p = sub.add_parser("evaluate", help="score a registered version again (e.g. on a new eval set) and record it on the version")
+    p.add_argument("name", help="the job (its registered model)")
+    p.add_argument("--version", help="the version (default: alias champion, else best, else the newest)")
+    p.add_argument("--eval-dataset", action="append", metavar="DATASET",
+                   help="a catalog dataset to evaluate on instead of the job's validation split (repeatable)")
+    p.add_argument("--benchmark", action="append", metavar="BENCHMARK", help="a catalog benchmark to score too (repeatable)")
+    p.add_argument("--max-samples", type=int, help="prompts generated and scored (default: the job's eval_max_samples)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny Llama test model offline")
     p.add_argument("--out", help="folder (default: $AIRTUNE_HOME/models/tiny-llama-dev)")

@@ -672,10 +672,12 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
     return out
 
 
-def record_evaluation(mlflow_run_id: str, name: str, version: str, evaluation_dir: Path, *, step: int = 0) -> dict:
+def record_evaluation(mlflow_run_id: str, name: str, version: str, evaluation_dir: Path, *, step: int = 0,
+                      run_metrics: bool = True, artifact_path: str = "evaluation", evaluated_on: str = "") -> dict:
     """The evaluate task's results on the run (metrics `base/…`, `tuned/…`, the predictions as an MLflow
-    table `evaluation/predictions.json`, both files) and on the model version (tags `eval.<source>.<metric>`,
-    what was evaluated). Safe to repeat: metrics are logged at one step, tags and artefacts overwritten."""
+    table `<artifact_path>/predictions.json`, both files) and on the model version (tags
+    `eval.<source>.<metric>`, `eval.evaluated_on`). Safe to repeat: metrics are logged at one step, tags
+    and artefacts overwritten. `run_metrics=False` (a later re-evaluation) leaves the run's metrics alone."""
     from mlflow.entities import Metric
 
     evaluation_dir = Path(evaluation_dir)
@@ -683,12 +685,13 @@ def record_evaluation(mlflow_run_id: str, name: str, version: str, evaluation_di
     c = client()
     now = int(time.time() * 1000)
     metrics = evaluation_metrics(evaluation)
-    items = [Metric(k, v, now, step) for k, v in metrics.items()]
-    for i in range(0, len(items), 900):
-        c.log_batch(mlflow_run_id, metrics=items[i:i + 900])
+    if run_metrics:
+        items = [Metric(k, v, now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 900):
+            c.log_batch(mlflow_run_id, metrics=items[i:i + 900])
     for f in ("evaluation.json", "predictions.jsonl"):
         if (evaluation_dir / f).exists():
-            c.log_artifact(mlflow_run_id, str(evaluation_dir / f), "evaluation")
+            c.log_artifact(mlflow_run_id, str(evaluation_dir / f), artifact_path)
     rows = read_records(evaluation_dir / "predictions.jsonl") if (evaluation_dir / "predictions.jsonl").exists() else []
     if rows:
         table: dict[str, list] = {k: [] for k in ("prompt", "reference", "base", "tuned")}
@@ -702,12 +705,15 @@ def record_evaluation(mlflow_run_id: str, name: str, version: str, evaluation_di
                 table[f"base {k}"].append((r.get("base_scores") or {}).get(k))
                 table[f"tuned {k}"].append((r.get("tuned_scores") or {}).get(k))
         try:
-            c.log_table(mlflow_run_id, data=table, artifact_file="evaluation/predictions.json")
+            c.log_table(mlflow_run_id, data=table, artifact_file=f"{artifact_path}/predictions.json")
         except Exception as exc:  # the table view is a convenience; the jsonl is the record
             log.warning("could not log the predictions table: %s", exc)
-    tags = {f"eval.{k.replace('/', '.', 1)}": f"{v:.6g}" for k, v in metrics.items() if k.count("/") <= 1}
+    tags = {f"eval.{k.replace('/', '.', 1)}": f"{v:.6g}" for k, v in metrics.items()}
     tags["eval.samples"] = str(evaluation.get("samples", ""))
-    tags["eval.source"] = str(evaluation.get("source", ""))[:TAG_VALUE_LIMIT]
+    tags["eval.evaluated_on"] = (evaluated_on or str(evaluation.get("source", "")))[:TAG_VALUE_LIMIT]
+    tags["eval.evaluated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for old_key in [k for k in (c.get_model_version(name, version).tags or {}) if k.startswith("eval.") and k not in tags]:
+        c.delete_model_version_tag(name, version, old_key)  # figures of an earlier evaluation: not mixed in
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
     return {"metrics": metrics, "samples": evaluation.get("samples")}

@@ -308,6 +308,7 @@ def job_detail(name: str, run_id: str | None = None) -> dict:
         "tasks": tasks,
         "result": result,
         "checkpoints": _checkpoints(folder, run),
+        "evaluation": evaluation_view(folder, info["registered_model"], run.get("model_version")),
         "has_metrics": bool(folder and (folder / "metrics.jsonl").is_file()),
         "registered_model": info["registered_model"],
         # the "Try it" box: shown on a finished run only (the live refresh reloads an active one's page)
@@ -315,6 +316,40 @@ def job_detail(name: str, run_id: str | None = None) -> dict:
         "experiment": info["experiment"],
         "folder": str(folder) if folder else None,
         "errors": info["errors"],
+    }
+
+
+EVAL_PREDICTIONS_SHOWN = 20
+
+
+def evaluation_view(folder: Path | None, model: dict, version: str | None) -> dict | None:
+    """The evaluate task's results for the page: base / champion / tuned figures side by side, the
+    first predictions, and the promotion decision recorded on this run's version."""
+    ev = _read_json(folder / "evaluation" / "evaluation.json") if folder else None
+    if not ev:
+        return None
+    sources = [s for s in ("base", "champion", "tuned") if ev.get(s)]
+    keys = []
+    for s in sources:
+        keys += [k for k in ev[s] if k not in keys]
+    predictions = []
+    path = folder / "evaluation" / "predictions.jsonl"
+    if path.is_file():
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    predictions.append(json.loads(line))
+                except ValueError:
+                    continue
+                if len(predictions) >= EVAL_PREDICTIONS_SHOWN:
+                    break
+    v = next((x for x in (model or {}).get("versions", []) if x["version"] == version), None)
+    return {
+        "sources": sources, "keys": keys, "figures": {s: ev.get(s) or {} for s in sources},
+        "samples": ev.get("samples"), "seconds": ev.get("seconds") or {}, "base_model": ev.get("base_model"),
+        "champion_version": ev.get("champion_version"), "predictions": predictions,
+        "promotion": (v or {}).get("promotion") or {},
+        "is_champion": bool(version and (model or {}).get("champion_version") == version),
     }
 
 

@@ -120,7 +120,7 @@ JOB = """{% extends "layout.html" %}
 <dt>Airflow</dt><dd>{% if run.airflow_url %}<a id="airflow-link" href="{{ run.airflow_url }}" target="_top">the DAG run</a>{% else %}—{% endif %}</dd>
 <dt>MLflow</dt><dd>{% if run.mlflow_url %}<a id="mlflow-link" href="{{ run.mlflow_url }}" target="_blank" rel="noopener">the run</a>{% else %}—{% endif %}
 {% if job.experiment %} · <a href="{{ job.experiment.url }}" target="_blank" rel="noopener">experiment {{ job.experiment.name }}</a>{% endif %}</dd>
-<dt>Registered</dt><dd id="registered">{% if run.model_version %}<a href="{{ (job.registered_model.versions|selectattr('version', 'equalto', run.model_version)|first).url }}" target="_blank" rel="noopener">{{ job.name }} version {{ run.model_version }}</a>{% if job.registered_model.best_version == run.model_version %} (alias <code>best</code>){% endif %}{% elif job.registered_model.versions %}{{ job.registered_model.versions|length }} version(s); this run: none yet{% else %}not yet{% endif %}</dd>
+<dt>Registered</dt><dd id="registered">{% if run.model_version %}<a href="{{ (job.registered_model.versions|selectattr('version', 'equalto', run.model_version)|first).url }}" target="_blank" rel="noopener">{{ job.name }} version {{ run.model_version }}</a>{% if job.registered_model.best_version == run.model_version %} (alias <code>best</code>){% endif %}{% if job.registered_model.champion_version == run.model_version %} (alias <code>champion</code>){% endif %}{% elif job.registered_model.versions %}{{ job.registered_model.versions|length }} version(s); this run: none yet{% else %}not yet{% endif %}</dd>
 {% if job.registered_model.uri %}<dt>Load it</dt><dd><code>{{ job.registered_model.uri }}</code></dd>{% endif %}
 {% if run.metrics %}<dt>Metrics</dt><dd>{% for k, v in run.metrics.items() %}{{ k }} {{ v|num }}{% if not loop.last %} · {% endif %}{% endfor %}</dd>{% endif %}
 <dt>Files</dt><dd>{{ job.folder or '—' }}</dd>
@@ -151,6 +151,19 @@ JOB = """{% extends "layout.html" %}
 <h2>Loss curve</h2>
 {% if job.has_metrics %}<img class="curves" id="curves" alt="training loss, eval loss and learning rate over steps" src="{{ base }}/jobs/{{ job.name }}/curves.png?run={{ run.dag_run_id|urlencode }}">
 {% else %}<p class="muted" id="no-curves">no metrics yet</p>{% endif %}
+
+{% if job.evaluation %}{% set ev = job.evaluation %}
+<h2>Evaluation</h2>
+<p class="muted" id="eval-about">The evaluate task scored {% if ev.base_model %}the model the job started from ({{ ev.base_model }}){% else %}the model the job started from{% endif %}{% if 'champion' in ev.sources %}, the champion (version {{ ev.champion_version }}){% endif %} and the tuned model on {{ ev.samples or 0 }} held-out prompts (greedy answers; ROUGE and BLEU-4 as LLaMA-Factory computes them, 0–100; eval_loss lower is better).</p>
+<table id="evaluation"><thead><tr><th>Metric</th>{% for s in ev.sources %}<th class="num">{{ {'base': 'base model', 'champion': 'champion', 'tuned': 'tuned'}[s] }}</th>{% endfor %}</tr></thead><tbody>
+{% for k in ev.keys %}<tr><td><code>{{ k }}</code></td>{% for s in ev.sources %}<td class="num">{{ ev.figures[s][k]|num if ev.figures[s][k] is defined else '—' }}</td>{% endfor %}</tr>{% endfor %}
+</tbody></table>
+{% if ev.promotion %}<p id="promotion"><b>Promotion</b> ({{ ev.promotion.mode }}, on <code>{{ ev.promotion.metric }}</code>): <span class="state state-{{ 'success' if ev.promotion.outcome == 'promoted' else 'skipped' }}">{{ ev.promotion.outcome }}</span> {{ ev.promotion.reason }}{% if ev.promotion.by and ev.promotion.by != 'policy' %} · decided by {{ ev.promotion.by }}{% endif %}</p>{% endif %}
+{% if ev.predictions %}<details id="predictions"><summary>{{ ev.predictions|length }} answers side by side</summary>
+<table><thead><tr><th>Prompt</th><th>Reference</th><th>Base model</th><th>Tuned</th></tr></thead><tbody>
+{% for p in ev.predictions %}<tr><td>{{ p.prompt }}</td><td>{{ p.reference }}</td><td>{{ p.base }}</td><td>{{ p.tuned }}</td></tr>{% endfor %}
+</tbody></table></details>{% endif %}
+{% endif %}
 
 <h2>Checkpoints</h2>
 {% if job.checkpoints %}<table id="checkpoints"><thead><tr><th>Checkpoint</th><th>Folder</th></tr></thead><tbody>
