@@ -231,10 +231,13 @@ from airtune import localstack, tracking; localstack.apply()
 c = tracking.client()
 versions = sorted(c.search_model_versions("name = '{JOB}'"), key=lambda v: int(v.version))
 print(json.dumps([{{"version": int(v.version), "dag_run": c.get_run(v.run_id).data.tags.get("airflow.run_id"),
-                    "dag": c.get_run(v.run_id).data.tags.get("airflow.dag_id")}} for v in versions]))
+                    "dag": c.get_run(v.run_id).data.tags.get("airflow.dag_id"),
+                    "promotion": v.tags.get("airtune.promotion.outcome"), "aliases": sorted(v.aliases)}} for v in versions]))
 """
     out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     versions = json.loads(out.stdout.strip().splitlines()[-1])
-    assert versions == [{"version": 1, "dag_run": run["dag_run_id"], "dag": DAG_ID}]
+    # a retraining job file promotes by default (promote auto): the first version becomes champion
+    assert versions == [{"version": 1, "dag_run": run["dag_run_id"], "dag": DAG_ID, "promotion": "promoted",
+                         "aliases": ["best", "champion"]}]
     print(f"stack up, event posted and version 1 registered after {t_run:.0f} s")
