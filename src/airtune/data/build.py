@@ -19,7 +19,8 @@ from pathlib import Path
 from airtune.data.errors import DataError, RowError
 
 # Bump when the prepared layout or the way rows are encoded changes: old cache entries then miss.
-DATA_VERSION = 1
+# 2: sft data has eval_prompts.jsonl (the evaluate task's held-out prompts).
+DATA_VERSION = 2
 
 # Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage).
 STAGE_KINDS = {
@@ -36,6 +37,8 @@ KIND_WORDS = {
 }
 # The chat template the data was rendered with, stored in the prepared folder.
 TEMPLATE_FILE = "chat_template.jinja"
+# sft: the validation examples as text, for the evaluate task (one JSON object a line: messages, reference).
+EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 # Below this many examples per process, a worker process costs more than it saves.
 ROWS_PER_PROCESS = 2000
 
@@ -107,7 +110,8 @@ def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
     options = options or _options(resolved)
     template_text = Path(resolved["template"]["path"]).read_text(encoding="utf-8")
     datasets = []
-    for d in resolved["datasets"]:
+    eval_sets = resolved.get("eval_datasets") or []
+    for d in list(resolved["datasets"]) + list(eval_sets):
         files = [{"path": str(p), "sha256": _sha256_file(p)} for p in _dataset_files(d)]
         entry = {"name": d["name"], "format": d["format"], "kind": d["kind"], "columns": d.get("columns") or {},
                  "tags": d.get("tags") or {}, "files": files, **({"fill": d["fill"]} if d.get("fill") else {})}
@@ -120,9 +124,12 @@ def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
         "options": options,
         "template_sha256": _sha256_text(template_text),
         "tokenizer": tokenizer_fingerprint(resolved["model"]),
-        "datasets": [(d["name"], d["content_hash"]) for d in datasets],
+        "datasets": [(d["name"], d["content_hash"]) for d in datasets[: len(resolved["datasets"])]],
     }
-    return _sha256_text(json.dumps(parts, sort_keys=True))[:32], {**parts, "datasets": datasets}
+    if eval_sets:  # only then: a job without eval_dataset hashes the same parts as before
+        parts["eval_datasets"] = [(d["name"], d["content_hash"]) for d in datasets[len(resolved["datasets"]):]]
+    n = len(resolved["datasets"])
+    return _sha256_text(json.dumps(parts, sort_keys=True))[:32], {**parts, "datasets": datasets[:n], "eval_datasets": datasets[n:]}
 
 
 # -- loading and checking -------------------------------------------------------------------------
@@ -313,6 +320,20 @@ def _split(n: int, val_size: float, seed: int):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _eval_prompt(example: dict) -> dict:
+    """An sft example as the evaluate task reads it (eval_prompts.jsonl): `messages`, the conversation before
+    its last assistant reply (the system message included; for plain data: up to and including the last user
+    turn), as {role, content}; `reference`, that reply's text; `tools` when the example has them."""
+    from airtune.data.encode import _plain_messages
+
+    messages = _plain_messages(example["messages"])
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    row = {"messages": messages[:last], "reference": messages[last]["content"] if last < len(messages) else ""}
+    if example.get("tools"):
+        row["tools"] = example["tools"]
+    return row
+
+
 def _take(cols: dict, idx) -> dict:
     from airtune.data.columns import IntLists
 
@@ -420,6 +441,7 @@ def prepare(resolved: dict, out_dir: Path, *, cache_dir: Path | None = None, num
     out_dir = Path(out_dir)
     options = _options(resolved)
     check_stage_fit(options["stage"], resolved["datasets"])
+    check_stage_fit(options["stage"], resolved.get("eval_datasets") or [])
     if not resolved["datasets"]:
         raise DataError("dataset: no dataset given")
     key, parts = cache_key(resolved, options)
@@ -510,6 +532,18 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         clock[0] = now
 
     examples, origins, errors, n_errors, stats = _load(resolved, options, log)
+    # eval_dataset: its examples are encoded with the training rows (one pass) and become the validation split
+    all_sets = list(resolved["datasets"]) + list(resolved.get("eval_datasets") or [])
+    n_train_examples = len(examples)
+    if len(all_sets) > len(resolved["datasets"]):
+        e_examples, e_origins, e_errors, e_n, e_stats = _load({**resolved, "datasets": all_sets[len(resolved["datasets"]):]},
+                                                              options, log)
+        offset = len(resolved["datasets"])
+        examples += e_examples
+        origins += [(di + offset, path, row) for di, path, row in e_origins]
+        errors += e_errors
+        n_errors += e_n
+        stats += e_stats
     lap("load_and_check")
     status, meta, cols = _encode_all(examples, resolved, options, num_proc, log, timings, parts["tokenizer"]) if examples else (np.zeros(0, np.int8), [], {})
     clock[0] += timings.get("load_tokenizer", 0.0)
@@ -517,7 +551,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     # rows the template refuses are bad rows too
     for i in np.flatnonzero(status == 1):
         di, path, row = origins[i]
-        errors.append(RowError(path, row, None, meta[i], resolved["datasets"][di]["name"]))
+        errors.append(RowError(path, row, None, meta[i], all_sets[di]["name"]))
         stats[di]["bad"] += 1
         stats[di]["kept"] -= 1
         n_errors += 1
@@ -537,7 +571,12 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         detail += f" ({sum(dropped.values())} had nothing to train on: {dropped})" if dropped else ""
         raise DataError(f"dataset: no rows left to train on{detail}")
     # the encoder returned only the ok rows' columns, in order
-    train_idx, val_idx = _split(len(ok), options["val_size"], options["seed"])
+    if len(all_sets) > len(resolved["datasets"]):
+        train_idx, val_idx = np.flatnonzero(ok < n_train_examples), np.flatnonzero(ok >= n_train_examples)
+        if len(train_idx) == 0:
+            raise DataError("dataset: no rows left to train on (every usable row is in eval_dataset)")
+    else:
+        train_idx, val_idx = _split(len(ok), options["val_size"], options["seed"])
     splits = {"train": _take(cols, train_idx), "validation": _take(cols, val_idx)}
     examples_per_split = {"train": len(train_idx), "validation": len(val_idx)}
     for name in splits:
@@ -562,8 +601,19 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         rows[name] = len(ds)
         tokens[name], label_tokens[name] = _count_tokens(c, stage)
         columns[name] = list(ds.column_names)
+    eval_prompts = None
+    if stage == "sft":  # the validation examples as text, same order (the other stages' rows hold their prompts)
+        with open(tmp / EVAL_PROMPTS_FILE, "w", encoding="utf-8") as f:
+            for j in val_idx:
+                f.write(json.dumps(_eval_prompt(examples[ok[j]]), ensure_ascii=False) + "\n")
+        from_eval = len(all_sets) > len(resolved["datasets"])
+        eval_prompts = {"file": EVAL_PROMPTS_FILE, "rows": int(len(val_idx)),
+                        "source": "eval_dataset" if from_eval else "validation split",
+                        "datasets": [d["name"] for d in all_sets[len(resolved["datasets"]):]]}
     lap("write")
     warnings = []
+    if len(all_sets) > len(resolved["datasets"]) and options["val_size"] > 0:
+        warnings.append(f"val_size {options['val_size']} is not used: eval_dataset is the validation split")
     if n_errors:
         warnings.append(f"skip_bad_rows: {n_errors} rows failed their checks and were skipped")
     if dropped:
@@ -584,9 +634,11 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
 
     tok = _WORKER["encoder"].tokenizer if "encoder" in _WORKER else load_tokenizer(model["weights"], model.get("revision"))
     datasets = []
-    for d, s in zip(parts["datasets"], stats):
+    for d, s in zip(parts["datasets"] + parts.get("eval_datasets", []), stats):
         datasets.append({"name": d["name"], "format": d["format"], "kind": d["kind"], "content_hash": d["content_hash"],
                          "files": d["files"], "rows_read": s["read"], "rows_used": s["kept"], "rows_bad": s["bad"]})
+    eval_datasets = datasets[len(parts["datasets"]):]
+    datasets = datasets[: len(parts["datasets"])]
     return {
         "airtune_data_version": DATA_VERSION,
         "content_hash": key,
@@ -605,6 +657,8 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
                       "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id, "bos_token": tok.bos_token,
                       "pad_token": tok.pad_token, "vocab_size": len(tok)},
         "datasets": datasets,
+        "eval_datasets": eval_datasets,
+        "eval_prompts": eval_prompts,
         "examples": examples_per_split,
         "rows": rows,
         "tokens": tokens,
