@@ -322,34 +322,41 @@ def stop_ids(tokenizer, model=None) -> tuple[list[int], str | None]:
     return list(dict.fromkeys(ids)), turn_end
 
 
-def _from_pretrained(folder_or_id: str, revision: str | None, *, what: str):
+def _from_pretrained(folder_or_id: str, revision: str | None, *, what: str, dtype=None, model_class=None, **kwargs):
+    """`model_class` (default AutoModelForCausalLM).from_pretrained in `dtype` (default float32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    model_class = model_class or AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(folder_or_id, revision=revision, dtype=torch.float32)
+        return model_class.from_pretrained(folder_or_id, revision=revision, dtype=dtype or torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         raise InferenceError(f"cannot load {what} from {folder_or_id}: {_first_line(exc)}") from None
 
 
-def load_weights(folder: Path, resolved: dict, *, what: str = "the model"):
-    """The model in `folder`: a LoRA adapter on the job's base weights (not merged), or full weights."""
+def load_weights(folder: Path, resolved: dict, *, what: str = "the model", dtype=None, model_class=None,
+                 base_kwargs: dict | None = None):
+    """The model in `folder`: a LoRA adapter on the job's base weights (not merged), or full weights.
+    `model_class`/`dtype` as `_from_pretrained`; `base_kwargs` go to the base weights' from_pretrained
+    (a reward model's num_labels)."""
     if (folder / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         weights, revision = _weights_of(resolved)
-        base = _from_pretrained(weights, revision, what="the base weights")
+        base = _from_pretrained(weights, revision, what="the base weights", dtype=dtype, model_class=model_class,
+                                **(base_kwargs or {}))
         try:
             with warnings.catch_warnings():  # transformers' deprecation notes on what PEFT calls: not the user's business
                 warnings.simplefilter("ignore", FutureWarning)
                 return PeftModel.from_pretrained(base, str(folder))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise InferenceError(f"cannot apply the adapter in {folder}: {_first_line(exc)}") from None
-    return _from_pretrained(str(folder), None, what=what)
+    return _from_pretrained(str(folder), None, what=what, dtype=dtype, model_class=model_class)
 
 
-def _parent_model(resolved: dict):
-    """(model, description) of the job's parent (parent_job), or None when its files cannot be found."""
+def _parent_model(resolved: dict, *, dtype=None, registry: bool = True):
+    """(model, description) of the job's parent (parent_job), or None when its files cannot be found
+    (its final weights from the parent's job folder, else, with `registry`, its registered version)."""
     parent = resolved.get("parent") or {}
     name = parent.get("name") or (resolved.get("spec") or {}).get("parent_job")
     if not name:
@@ -358,14 +365,27 @@ def _parent_model(resolved: dict):
     if final and _has_weights(Path(final)):
         folder = Path(final)
         spec = resolved_spec(folder) if (folder / "spec.json").is_file() else resolved
-        return load_weights(folder, spec, what=f"parent job {name!r}"), f"parent job {name!r} ({folder})"
+        return load_weights(folder, spec, what=f"parent job {name!r}", dtype=dtype), f"parent job {name!r} ({folder})"
+    if not registry:
+        return None
     try:
         v = find_version(name)
         folder, where = locate(v)
-        return load_weights(folder, resolved_spec(folder, v), what=f"parent job {name!r}"), \
+        return load_weights(folder, resolved_spec(folder, v), what=f"parent job {name!r}", dtype=dtype), \
             f"parent job {name!r} version {v.version} ({where})"
     except InferenceError:
         return None
+
+
+def load_base(resolved: dict, *, dtype=None, registry: bool = True):
+    """(model, description) of the model a job started from, from its resolved spec: the parent job's
+    model (`_parent_model`) when it has one and its files are found, else the job's base weights
+    (resolved model.weights). `registry=False`: the parent's job folder only, never MLflow."""
+    found = _parent_model(resolved, dtype=dtype, registry=registry)
+    if found is not None:
+        return found
+    weights, revision = _weights_of(resolved)
+    return _from_pretrained(weights, revision, what="the base weights", dtype=dtype), f"base weights {weights}"
 
 
 def load(name: str, version: Version | int | str | None = None, *, base: bool = False, device: str | None = None) -> Loaded:
