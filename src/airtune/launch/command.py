@@ -1,4 +1,4 @@
-"""The one training command every launcher runs: locally, in a pod, or on each pod of a Job."""
+"""The commands every launcher runs (locally, in a pod, or on each pod of a Job): training and evaluation."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def train_command(
             f"--master_port={rdzv.get('master_port', 29500)}",
         ]
     return [*launcher, *program]
+
+
+def evaluate_command(
+    resolved: dict,
+    *,
+    spec_path: str | PurePath,
+    data_dir: str | PurePath,
+    model_dir: str | PurePath,
+    output_dir: str | PurePath,
+    python: str | None = None,
+) -> list[str]:
+    """`python -m airtune.evaluate ...` (airtune.evaluate): one process whatever the job's size, run where
+    training ran. `resolved` is the job's resolved spec (for launchers that pick by it; the command is the same)."""
+    python = python or sys.executable
+    return [python, "-m", "airtune.evaluate", "--spec", str(spec_path), "--data", str(data_dir),
+            "--model", str(model_dir), "--output", str(output_dir)]
