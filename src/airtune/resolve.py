@@ -7,8 +7,8 @@ hardware or earlier jobs, and estimates the GPU memory one training process need
 comes at once, in one `SpecError`. The shape of the result is docs/architecture.md's.
 
 Imports: spec and catalog only. torch is imported (lazily, in `detect_hardware`) only for location
-`local` with gpu_type `auto` when no `hardware` is given; trl (to check `extra_args` keys against
-the stage's TRL config) only when extra_args is not empty.
+`local` with gpu_type `auto` when no `hardware` is given. `extra_args` is checked against a table of
+the stage's TRL config fields (airtune.train.trl_fields), never by importing trl.
 """
 
 from __future__ import annotations
@@ -246,21 +246,12 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int) -> di
 
 # -- extra_args against the stage's TRL config ----------------------------------------------------
 
-def _trl_config_class(stage: str, pref_loss: str | None):
-    """The TRL config class the stage trains with (trl imported here: several seconds)."""
-    import trl
+def _trl_config_fields(stage: str, pref_loss: str | None) -> tuple[str, dict]:
+    """(class name, {field: [type, shown type] or None}) of the TRL config the stage trains with, from the
+    table generated from the pinned TRL (airtune.train.trl_fields): no TRL import, validate stays fast."""
+    from airtune.train import trl_fields
 
-    if stage == "dpo" and pref_loss == "orpo":
-        from trl.experimental.orpo import ORPOConfig
-
-        return ORPOConfig
-    if stage == "dpo" and pref_loss == "simpo":
-        from trl.experimental.cpo import CPOConfig
-
-        return CPOConfig
-    name = {"pt": "SFTConfig", "sft": "SFTConfig", "rm": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig",
-            "grpo": "GRPOConfig"}[stage]
-    return getattr(trl, name)
+    return trl_fields.config_fields(stage, pref_loss)
 
 
 # -- resolve --------------------------------------------------------------------------------------
@@ -543,22 +534,16 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
 
     # -- extra_args: each key a field of the stage's TRL config --
     if v["extra_args"] and "extra_args" not in skip:
-        try:
-            cls = _trl_config_class(stage, out["pref_loss"])
-        except ImportError:
-            warnings.append("extra_args keys not checked here (trl is not installed); the trainer checks them")
-        else:
-            from airtune.train.args import _field_types, _type_name, value_fits
+        from airtune.train.trl_fields import fits
 
-            known = {f.name for f in dataclasses.fields(cls)}
-            types = _field_types(cls)
-            for key, value in v["extra_args"].items():
-                if key not in known:
-                    refuse(f"extra_args.{key}", f"not a field of {cls.__name__} (the TRL config stage {stage} trains "
-                                                f"with); check the name in TRL's / transformers' TrainingArguments docs",
-                           "stage", value=value)
-                elif key in types and not value_fits(value, types[key]):
-                    refuse(f"extra_args.{key}", f"{cls.__name__}.{key} takes {_type_name(types[key])}", value=value)
+        cls_name, known = _trl_config_fields(stage, out["pref_loss"])
+        for key, value in v["extra_args"].items():
+            if key not in known:
+                refuse(f"extra_args.{key}", f"not a field of {cls_name} (the TRL config stage {stage} trains "
+                                            f"with); check the name in TRL's / transformers' TrainingArguments docs",
+                       "stage", value=value)
+            elif known[key] is not None and not fits(value, known[key][0]):
+                refuse(f"extra_args.{key}", f"{cls_name}.{key} takes {known[key][1]}", value=value)
 
     # -- GPU memory --
     estimate: dict = {"gpu_memory_gib_per_process": None}
