@@ -12,6 +12,7 @@ experiment but no run ids, it purges every deleted run of every experiment.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -138,6 +139,8 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
                 f"job {name!r} has an active run ({active[0].dag_id} / {active[0].run_id}, {_state(active[0])}); "
                 "wait for it to finish, or use --force to cancel it first"
             )
+        # the tombstones first: an `airtune run` of this job stops its DAG run before it can write anything back
+        tombstones = [mark_deleted(name, dr.dag_id, dr.run_id) for dr in active]
         for dr in active:
             report += cancel_dag_run(dr, session)
         session.commit()
@@ -148,7 +151,7 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
     report += delete_mlflow(name)
     for folder in folders:
         if folder.exists():
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)  # a run being stopped may still write into it
             report.append(f"files: deleted {folder}")
 
     with airflow_session() as session:
@@ -157,6 +160,9 @@ def delete_job(name: str, *, force: bool = False) -> list[str]:
             report.append(f"airflow: deleted DAG run {dr.dag_id} / {dr.run_id}")
         session.commit()
     report += _delete_task_logs(run_ids)
+    for tombstone in tombstones:
+        _write_json(tombstone, {**json.loads(tombstone.read_text()), "done": True})
+    _prune_tombstones()
     if not report:
         report.append(f"nothing found for job {name!r}")
     return report
@@ -194,8 +200,6 @@ def cancel_dag_run(dr, session) -> list[str]:
 def _stop_processes(name: str, locations: set[str]) -> list[str]:
     """The job's training processes: local process groups, and Kubernetes objects through the
     Kubernetes launcher's own clean-up (skipped when every trace says the job ran locally)."""
-    import json
-
     from airtune.launch import local
 
     out = []
@@ -243,6 +247,180 @@ def _delete_task_logs(run_ids: list[tuple[str, str]]) -> list[str]:
             shutil.rmtree(folder)
             out.append(f"airflow: deleted task logs {folder}")
     return out
+
+
+# --- a delete racing a running run ---------------------------------------------------------------
+#
+# A forced delete writes a tombstone for each active DAG run of the job before it cancels anything:
+# `<workspace>/.deleted/<hash of the name>.<hash of the DAG run>.json` (no job name in a path, no
+# folder under jobs/). `airtune run` watches for its own run's tombstone: it stops its `dag.test()`
+# process at once (that process would otherwise write its DAG run back when its loop ends, and the
+# tasks after the cancelled one could write files and MLflow records again), waits for the delete to
+# finish, removes whatever its run wrote back in the meantime (sweep_deleted_run), removes the
+# tombstone and exits non-zero. The tasks check it too (pipeline.stop_if_deleted). A tombstone
+# nobody removes (a run under a scheduler) is pruned by a later delete after TOMBSTONE_TTL.
+
+TOMBSTONES = ".deleted"
+TOMBSTONE_TTL = 24 * 3600
+TOMBSTONE_WAIT = 60.0  # how long a deleted run waits for its delete to finish before sweeping
+
+
+class JobDeleted(RuntimeError):
+    """The job was deleted (airtune delete --force) while this run of it was under way."""
+
+
+def _tombstone_dir() -> Path:
+    return paths.workspace() / TOMBSTONES
+
+
+def _name_key(name: str) -> str:
+    from airtune.names import short_hash
+
+    return short_hash("job", name, length=16)
+
+
+def tombstone_path(name: str, dag_id: str, run_id: str) -> Path:
+    from airtune.names import short_hash
+
+    return _tombstone_dir() / f"{_name_key(name)}.{short_hash(dag_id, run_id, length=16)}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def mark_deleted(name: str, dag_id: str, run_id: str) -> Path:
+    """The tombstone of one DAG run of a job being deleted (`done` once the delete has finished)."""
+    path = tombstone_path(name, dag_id, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, {"name": name, "dag_id": dag_id, "run_id": run_id, "deleted_at": time.time(), "done": False})
+    return path
+
+
+def _read_tombstone(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def deleted_run(name: str, dag_id: str, run_id: str | None, *, since: float = 0.0) -> dict | None:
+    """The tombstone of this run of job `name`, or None. With `run_id` None (a run that has not said
+    its id yet), any tombstone of the name written since `since`."""
+    if run_id is not None:
+        path = tombstone_path(name, dag_id, run_id)
+        data = _read_tombstone(path) if path.exists() else None
+        return {**data, "path": str(path)} if data else None
+    folder = _tombstone_dir()
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"{_name_key(name)}.*.json"):
+        data = _read_tombstone(path)
+        if data and data.get("name") == name and float(data.get("deleted_at") or 0) >= since:
+            return {**data, "path": str(path)}
+    return None
+
+
+def wait_for_delete(tombstone: dict, timeout: float = TOMBSTONE_WAIT) -> bool:
+    """Until the delete that wrote `tombstone` has finished (True), or `timeout` seconds (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = _read_tombstone(Path(tombstone["path"]))
+        if data is None or data.get("done"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def forget_tombstone(tombstone: dict) -> None:
+    path = Path(tombstone["path"])
+    path.unlink(missing_ok=True)
+    _remove_if_empty(path.parent)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (another deleted run's tombstone), or gone
+        pass
+
+
+def _prune_tombstones() -> None:
+    folder = _tombstone_dir()
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for path in folder.glob("*.json"):
+        data = _read_tombstone(path)
+        if data is None or now - float(data.get("deleted_at") or 0) > TOMBSTONE_TTL:
+            path.unlink(missing_ok=True)
+    _remove_if_empty(folder)
+
+
+def sweep_deleted_run(name: str, dag_id: str, run_id: str | None) -> list[str]:
+    """After a deleted run's process is gone: remove what it wrote back after (or while) the delete
+    removed it, and only that: its DAG run and task logs, its run folder (and the job's folder when
+    nothing else is in it), the job's MLflow experiment and registered model when they hold nothing
+    but this DAG run. One line for each thing removed."""
+    from airtune import pipeline
+
+    out: list[str] = []
+    if run_id is not None:
+        from airflow.models.dagrun import DagRun
+
+        with airflow_session() as session:
+            for dr in session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).all():
+                session.delete(dr)
+                out.append(f"airflow: deleted DAG run {dag_id} / {run_id} (written back by the stopped run)")
+            session.commit()
+        out += _delete_task_logs([(dag_id, run_id)])
+        run_folder = paths.job_dir(name, run_id)
+        if run_folder.exists():
+            shutil.rmtree(run_folder, ignore_errors=True)
+            out.append(f"files: deleted {run_folder}")
+    root = _own_folder(paths.workspace() / "jobs", name)
+    if root.is_dir():
+        owner = _read_tombstone(root / pipeline.OWNER_FILE) or {}
+        rest = [p for p in root.iterdir() if not p.name.startswith(pipeline.OWNER_FILE)]
+        if not rest and owner.get("owner") in (None, f"{dag_id}/{run_id}", dag_id):
+            shutil.rmtree(root, ignore_errors=True)
+            out.append(f"files: deleted {root}")
+    out += _sweep_mlflow(name, dag_id, run_id)
+    return out
+
+
+def _sweep_mlflow(name: str, dag_id: str, run_id: str | None) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    from airtune import tracking
+
+    c = tracking.client()
+
+    def ours(tags: dict) -> bool:
+        return tags.get(tracking.TAG_DAG_ID) == dag_id and (run_id is None or tags.get(tracking.TAG_RUN_ID) == run_id)
+
+    exp = c.get_experiment_by_name(tracking.experiment_name(name))
+    runs = _all_runs(c, exp.experiment_id) if exp is not None else []
+    if exp is not None and not all(ours(r.data.tags) for r in runs):
+        return []  # another run of the name (a new job since the delete): not this run's to remove
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        versions = []
+    mine = {r.info.run_id for r in runs}
+    for v in versions:
+        try:
+            if v.run_id not in mine and not ours(c.get_run(v.run_id).data.tags):
+                return []
+        except MlflowException:  # its run is gone: the version was left by this run's register
+            pass
+    if exp is None and not versions:
+        return []
+    return [line + " (written back by the stopped run)" for line in delete_mlflow(name)]
 
 
 # --- MLflow ------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def validate(conf: dict, *, dag_id: str, run_id: str, owner: str | None = None) 
     except SpecError as exc:
         raise ValueError("the job is not valid:\n" + format_errors(exc)) from None
     name = resolved["spec"]["name"]
+    stop_if_deleted(name, dag_id, run_id)
     root = claim_name(name, owner or f"{dag_id}/{run_id}", run_id)
     job_dir = root / paths.safe_run_component(run_id)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,15 @@ def prepare_dataset(job: dict) -> dict:
     except Exception as exc:  # tracking is informative here; never lose the prepared data over it
         log.warning("could not record the dataset in MLflow: %s", exc)
     return {**job, "data_dir": str(job_dir / "data")}
+
+
+def stop_if_deleted(name: str, dag_id: str, run_id: str) -> None:
+    """Fail at once, writing nothing more, when the job was deleted (airtune delete --force) while
+    this run of it was under way (jobs.mark_deleted)."""
+    from airtune import jobs
+
+    if jobs.deleted_run(name, dag_id, run_id) is not None:
+        fail_now(f"job {name!r} was deleted (airtune delete --force) while this run of it was under way")
 
 
 def fail_now(message: str):
@@ -252,6 +262,8 @@ def register(job: dict) -> dict:
     result = json.loads((job_dir / "result.json").read_text())
     resolved = load_resolved(job)
     spec = resolved["spec"]
+    if (where := resolved.get("tracking") or {}).get("run_id"):
+        stop_if_deleted(spec["name"], where.get("dag_id", ""), where["run_id"])
     recorded = tracking.finish_run(job_dir, resolved, job["mlflow_run_id"])
     evaluation_dir = job_dir / EVALUATION_DIR
     if (evaluation_dir / "evaluation.json").exists():

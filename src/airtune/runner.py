@@ -110,6 +110,7 @@ _ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 _NEW_STATE = re.compile(r"Task instance state updated .* new_state=(\w+)")
 _STEP = re.compile(r"\[airtune\] step (\d+)/(\d+)\s+epoch [\d.]+(.*?)(?: \[airtune\]|$)")
 _SPEC = re.compile(r"resolved spec written to (\S+/spec\.json)")
+_RUN_ID = re.compile(r"\[DAG TEST\] running task <TaskInstance: \S+ (\S+) \[")
 _LEVEL = re.compile(r"^\S+ \[(error|critical)\s*\] (.*)$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|InUse|Failed|Refused|Timeout)\w*): (.*)$")
@@ -131,6 +132,7 @@ class Progress:
         self.errors: list[str] = []
         self.exceptions: list[str] = []
         self.spec_path: str | None = None
+        self.run_id: str | None = None  # the DAG run's id, once a task of it has started
         self.step = self.total = 0
         self.metrics = ""
         self.first_step_at: float | None = None
@@ -166,6 +168,8 @@ class Progress:
     def feed(self, line: str) -> None:
         if self._exception_lines(line):
             return
+        if self.run_id is None and (m := _RUN_ID.search(line)):
+            self.run_id = m.group(1)
         if m := _STARTING.search(line):
             self._finish_task()
             self.task, self.task_started, self.task_state = m.group(1), time.monotonic(), None
@@ -263,6 +267,14 @@ class _Cancel(Exception):
         self.signum = signum
 
 
+class _Deleted(Exception):
+    def __init__(self, tombstone: dict) -> None:
+        self.tombstone = tombstone
+
+
+EXIT_DELETED = 1
+
+
 def supervise(conf: dict, *, dag_id: str = "airtune_finetune", verbose: bool = False, out=None) -> tuple[dict | None, int]:
     """Run the job in a child process, show its progress, stop everything on a signal.
 
@@ -294,11 +306,18 @@ def supervise(conf: dict, *, dag_id: str = "airtune_finetune", verbose: bool = F
         raise _Cancel(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in EXIT_SIGNAL}
+    from airtune import jobs
+
+    started_at, next_check = time.time(), 0.0
     try:
         with open(log_path, "r", encoding="utf-8", errors="replace") as reader:
             try:
                 pending = ""
                 while True:
+                    if time.monotonic() >= next_check:  # a forced delete of this job: stop before it is written back
+                        next_check = time.monotonic() + 0.5
+                        if (tombstone := jobs.deleted_run(name, dag_id, progress.run_id, since=started_at)) is not None:
+                            raise _Deleted(tombstone)
                     chunk = reader.read()
                     if chunk:
                         pending += chunk
@@ -314,6 +333,14 @@ def supervise(conf: dict, *, dag_id: str = "airtune_finetune", verbose: bool = F
                     else:
                         progress.tick()
                         time.sleep(0.5)
+                if (tombstone := jobs.deleted_run(name, dag_id, progress.run_id, since=started_at)) is not None:
+                    raise _Deleted(tombstone)  # deleted as the child ended: what it wrote back is not kept
+            except _Deleted as deleted:
+                signals["cancelling"] = True  # a signal from here on exits at once
+                progress.close(cancelled=True)
+                print(stop_deleted_run(child, deleted.tombstone, name, dag_id, progress, log_path), file=out, flush=True)
+                _rmtree(tmp)
+                return None, EXIT_DELETED
             except _Cancel as cancel:
                 progress.close(cancelled=True)
                 line = cancel_run(child, progress.spec_path, name, cancel.signum, log_path)
@@ -398,6 +425,33 @@ def cancel_run(child: subprocess.Popen, spec_path: str | None, name: str, signum
             done.append(f"cleanup: {type(exc).__name__}: {exc}")
     what = "; ".join(done) if done else "nothing had started yet"
     return f"airtune run: cancelled by {signal.Signals(signum).name}: job {name}: {what}. Logs: {log_path}"
+
+
+def stop_deleted_run(child: subprocess.Popen, tombstone: dict, name: str, dag_id: str, progress: Progress,
+                     log_path: Path) -> str:
+    """The job was deleted (airtune delete --force) while it ran: stop the child before its dag.test()
+    writes the DAG run back, let the delete finish, remove what was written back meanwhile."""
+    from airtune import jobs
+    from airtune.launch import local
+
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+    if progress.spec_path and Path(progress.spec_path).parent.is_dir():
+        local.cleanup(Path(progress.spec_path).parent)  # the delete stops it too; whichever comes first
+    finished = jobs.wait_for_delete(tombstone)
+    run_id = progress.run_id or tombstone.get("run_id")
+    try:
+        swept = jobs.sweep_deleted_run(name, dag_id, run_id)
+    except Exception as exc:  # the one line still comes, saying what is left
+        swept = [f"could not remove what the run wrote back ({type(exc).__name__}: {exc})"]
+    jobs.forget_tombstone(tombstone)
+    detail = "; ".join(swept) if swept else "nothing of it was written back"
+    late = "" if finished else f" (the delete had not finished after {jobs.TOMBSTONE_WAIT:.0f} s)"
+    return (f"airtune run: job {name} was deleted while it ran (airtune delete --force){late}: its DAG run "
+            f"{run_id or '?'} was stopped and not kept; {detail}. Logs: {log_path}")
 
 
 def mark_dag_run_failed(dag_id: str, run_id: str) -> bool:
