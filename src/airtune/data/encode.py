@@ -61,12 +61,13 @@ class Encoder:
 
     def __init__(self, weights: str, revision: str | None, template_text: str, *, stage: str, cutoff_len: int,
                  train_on_prompt: bool = False, mask_history: bool = False, tokenizer=None):
-        from transformers.utils.chat_template_utils import _compile_jinja_template
+        from airtune import compat
 
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(weights, revision)
-        self.backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "_tokenizer", None)
+        # the Rust tokenizer of a fast tokenizer (None for a slow one): encode_batch on it directly
+        self.backend = getattr(self.tokenizer, "backend_tokenizer", None)
         self.template_text = template_text
-        self.compiled = _compile_jinja_template(template_text)
+        self.compiled = compat.compile_chat_template(template_text)
         self.special = dict(self.tokenizer.special_tokens_map)
         self._globals = {**self.compiled.globals, **self.special}
         self.stage = stage

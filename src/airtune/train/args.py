@@ -258,9 +258,6 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
         kwargs.update(num_generations=groups[0], max_completion_length=min(256, int(spec["cutoff_len"])),
                       metric_for_best_model=None, greater_is_better=None, eval_strategy="no", eval_steps=None)
     kwargs.update(extra)
-    config = cls(**kwargs)
-
-    model_kwargs: dict[str, Any] = {"dtype": _model_dtype(spec)}
     booster = spec.get("booster") or "sdpa"
     if booster == "unsloth":
         raise ArgsError("booster 'unsloth' is not supported by this trainer (Unsloth is not installed in the training image)")
@@ -269,8 +266,11 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
             raise ArgsError("booster 'liger_kernel' needs a CUDA GPU (Liger's kernels are Triton kernels)")
         # liger-kernel from the image (use_liger_kernel), not TRL's suggested Hub kernels
         # (model_init_kwargs use_kernels), which download kernels at run time: pods may be offline.
-        # Deprecated in TRL 1.x, removed in 2.0; TRL is pinned to 1.16.0.
-        config.use_liger_kernel = True
+        # Deprecated in TRL 1.x, removed in 2.0 (airtune.compat.RELIES_ON); TRL is pinned to 1.16.0.
+        kwargs["use_liger_kernel"] = True
+    config = cls(**kwargs)
+
+    model_kwargs: dict[str, Any] = {"dtype": _model_dtype(spec)}
     attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "none": "eager", "liger_kernel": "sdpa"}[booster]
     model_kwargs["attn_implementation"] = attn
     quantization = _quantization_config(spec, compute)

@@ -29,13 +29,15 @@ def shifted_targets(labels):
 
 def accepts_target_mask(model) -> bool:
     """Whether the (PEFT-wrapped) causal LM takes `logits_to_keep` as a boolean (batch, length) mask:
-    its forward has the argument and slices with transformers' `slice_logits_to_keep`."""
+    its forward has the argument and slices with transformers' `slice_logits_to_keep`
+    (`compat.slices_logits_with_mask`)."""
+    from airtune import compat
     from airtune.train.model import base_model
 
     forward = type(base_model(model)).forward
     if "logits_to_keep" not in inspect.signature(forward).parameters:
         return False
-    return getattr(inspect.getmodule(forward), "slice_logits_to_keep", None) is not None
+    return compat.slices_logits_with_mask(forward)
 
 
 def _cross_entropy_function():

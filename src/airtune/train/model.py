@@ -48,18 +48,18 @@ def quantize_hqq(model, *, nbits: int, group_size: int, compute_dtype: str, devi
     import os
 
     import torch
-    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    from airtune import compat
 
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    config = BaseQuantizeConfig(nbits=nbits, group_size=group_size)
     skip = set(OUTPUT_LAYERS)
     names = []
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear) and name not in skip:
-                setattr(parent, name, HQQLinear(child, quant_config=config, compute_dtype=getattr(torch, compute_dtype),
-                                                device=device, del_orig=True))
+                setattr(parent, name, compat.hqq_linear(child, nbits=nbits, group_size=group_size,
+                                                        compute_dtype=compute_dtype, device=device))
                 names.append(f"{parent_name}.{name}" if parent_name else name)
     if not names:
         raise ValueError(f"hqq: {type(model).__name__} has no linear layer to quantize")
@@ -104,9 +104,10 @@ def attach_lora(model, peft_config):
     from peft import get_peft_model
 
     if getattr(model, "is_hqq_quantized", False) and peft_config.target_modules in ("all-linear", {"all-linear"}):
-        from hqq.core.quantize import HQQLinear
+        from airtune import compat
 
-        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, HQQLinear)})
+        hqq_linear = compat.hqq_linear_class()
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, hqq_linear)})
         peft_config = dataclasses.replace(peft_config, target_modules=leaves)
     return get_peft_model(model, peft_config)
 

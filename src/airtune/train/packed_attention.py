@@ -19,16 +19,20 @@ an attention mask, or no position_ids, it is plain SDPA.
 
 from __future__ import annotations
 
+from airtune import compat
+
 NAME = "airtune_packed_sdpa"
 
-_cache: tuple | None = None  # (position_ids tensor, its version, segments): one split per forward, not per layer
+# The split of the batch's position_ids, computed once per forward, not once per layer.
+_LENGTHS = compat.TensorMemo()
 
 
 def example_lengths(position_ids) -> list[list[int]]:
     """Per row, the lengths of its examples: a new example starts wherever position_ids is 0 (and at 0)."""
-    global _cache
-    if _cache is not None and _cache[0] is position_ids and _cache[1] == position_ids._version:
-        return _cache[2]
+    return _LENGTHS.get(position_ids, _split)
+
+
+def _split(position_ids) -> list[list[int]]:
     width = position_ids.shape[1]
     starts = (position_ids == 0).cpu()
     out = []
@@ -37,8 +41,14 @@ def example_lengths(position_ids) -> list[list[int]]:
         if not s or s[0] != 0:
             s = [0] + s
         out.append([b - a for a, b in zip(s, s[1:] + [width])])
-    _cache = (position_ids, position_ids._version, out)
     return out
+
+
+def sdpa_attention():
+    """transformers' own SDPA attention function: the `sdpa` entry of its (public) AttentionInterface."""
+    from transformers import AttentionInterface
+
+    return AttentionInterface()["sdpa"]
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -47,11 +57,10 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     kv_heads, length, head_dim); returns (batch, length, heads, head_dim) and no weights."""
     import torch
     import torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if attention_mask is not None or position_ids is None or tuple(position_ids.shape) != (query.shape[0], query.shape[2]) \
             or query.shape[2] != key.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query heads expanded: SDPA's enable_gqa takes its slow math path on the CPU
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -77,8 +86,8 @@ def use_packed_sdpa(model) -> bool:
     from airtune.train.model import base_model
 
     base = base_model(model)
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+    if compat.attn_implementation(base.config) != "sdpa":
         return False
     register()
     base.set_attn_implementation(NAME)
-    return base.config._attn_implementation == NAME
+    return compat.attn_implementation(base.config) == NAME

@@ -79,10 +79,26 @@ class PackedRowsCollator:
                 "num_real_tokens": torch.tensor(real, dtype=torch.long)}
 
 
+def tensor_parallel_size(accelerator) -> int:
+    """The tensor-parallel group size: its ranks get the same batch, so a token count gathered over all
+    processes counts each token once per rank of the group (accelerate's parallelism config, which TRL
+    reads for its own count)."""
+    config = accelerator.parallelism_config
+    return config.tp_size if config is not None else 1
+
+
+def count_tokens(trainer, real, before: int) -> None:
+    """Add this batch's non-padding tokens, summed over the processes, to TRL's `num_tokens`."""
+    from airtune import compat
+
+    total = trainer.accelerator.gather_for_metrics(real.reshape(1).to(trainer.accelerator.device)).sum().item()
+    compat.set_sft_tokens_seen(trainer, before + int(total) // tensor_parallel_size(trainer.accelerator))
+
+
 def _trainer_class():
-    from transformers import Trainer
     from trl import SFTTrainer
 
+    from airtune import compat
     from airtune.train.loss import shifted_targets, target_cross_entropy
 
     class AirtuneSFTTrainer(SFTTrainer):
@@ -97,7 +113,9 @@ def _trainer_class():
         - `num_real_tokens` in a batch (PackedRowsCollator): the non-padding token count. TRL counts
           `position_ids.size(1)` for a batch without an attention mask (it expects one padding-free row).
 
-        Both keep TRL's `num_tokens` metric (`_total_train_tokens`; TRL is pinned exactly).
+        Both keep TRL's `num_tokens` metric (its token count: `compat.sft_tokens_seen`; TRL is pinned exactly).
+        Overriding `compute_loss` is how TRL asks for a custom loss; the CPU path calls transformers' own
+        `Trainer.compute_loss` (`compat.trainer_compute_loss`), not SFTTrainer's fused-head one.
         """
 
         plain_loss = False
@@ -105,26 +123,22 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             real = inputs.pop("num_real_tokens", None)
             if not self.plain_loss:
-                before = self._total_train_tokens
+                before = compat.sft_tokens_seen(self)
                 out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-                if real is not None and self._total_train_tokens != before:  # counted: a training step
-                    self._count_tokens(real, before)
+                if real is not None and compat.sft_tokens_seen(self) != before:  # counted: a training step
+                    count_tokens(self, real, before)
                 return out
             inputs["use_cache"] = False
             if self.compute_loss_func is target_cross_entropy and "labels" in inputs:
                 inputs["logits_to_keep"] = shifted_targets(inputs["labels"]) != -100
-            out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            out = compat.trainer_compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                              num_items_in_batch=num_items_in_batch)
             if self.model.training:
                 if real is None:
                     mask = inputs.get("attention_mask")
                     real = mask.sum() if mask is not None else inputs["input_ids"].new_tensor(inputs["input_ids"].numel())
-                self._count_tokens(real, self._total_train_tokens)
+                count_tokens(self, real, compat.sft_tokens_seen(self))
             return out
-
-        def _count_tokens(self, real, before: int) -> None:
-            total = self.accelerator.gather_for_metrics(real.reshape(1).to(self.accelerator.device)).sum().item()
-            self._total_train_tokens = before + int(total) // self._tp_size
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
 
     return AirtuneSFTTrainer
 
@@ -136,6 +150,7 @@ def model_class():
 
 
 def build_trainer(*, model, tokenizer, config, train, validation, callbacks, optimizers=(None, None)):
+    from airtune import compat
     from airtune.train.loss import accepts_target_mask, target_cross_entropy
     from airtune.train.packed_attention import use_packed_sdpa
 
@@ -147,7 +162,7 @@ def build_trainer(*, model, tokenizer, config, train, validation, callbacks, opt
         train = with_seq_lengths(train)
         if validation is not None and "position_ids" in validation.column_names:
             validation = with_seq_lengths(validation)
-        if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
+        if compat.attn_implementation(model.config) != "flash_attention_2":
             config.padding_free = False  # each packed row a row of its own (module docstring)
             collator = PackedRowsCollator(pad)
             use_packed_sdpa(model)  # SDPA per example; no-op for eager attention
