@@ -238,53 +238,62 @@ def node_name() -> str:
     return os.environ.get("AIRTUNE_NODE_NAME") or f"node{node_rank()}"
 
 
-def _system_monitor(sender: Sender, interval: float, current_step: Callable[[], int]):
-    """MLflow's SystemMetricsMonitor with its own monitors (CPU, memory, disk, network, NVIDIA/AMD GPUs),
-    whose samples go through our Sender instead of straight to the server.
+class SystemMonitor:
+    """System metrics from MLflow's own monitors (CPU, memory, disk, network, NVIDIA/AMD GPUs:
+    `compat.SystemMetrics`), sampled in a thread of ours, whose samples go through our Sender instead
+    of straight to the server.
 
     MLflow's own loop stops for good the first time the server does not answer; this one keeps
     sampling and lets the Sender keep the values until the server is back. Samples are logged at the
     current training step (MLflow counts its own), so they line up with the loss and a retry goes on
     where the checkpoint left off.
     """
-    from mlflow.entities import Metric
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    class QueuedSystemMetricsMonitor(SystemMetricsMonitor):
-        def monitor(self):
-            while not self._shutdown_event.is_set():
-                for _ in range(self.samples_before_logging):
-                    self.collect_metrics()
-                    if self._shutdown_event.wait(self.sampling_interval):
-                        break
-                try:
-                    self.publish_metrics(self.aggregate_metrics())
-                except Exception as exc:  # a broken sensor must not end the monitor
-                    _say(f"system metrics: a sample failed: {exc}")
+    def __init__(self, sender: Sender, interval: float, current_step: Callable[[], int]) -> None:
+        from airtune import compat
 
-        def publish_metrics(self, metrics):
-            prefix = self._metrics_prefix + (self.node_id + "/" if self.node_id else "")
-            ts = int(time.time() * 1000)
-            step = current_step()
-            sender.metrics([Metric(prefix + k, float(v), ts, step) for k, v in metrics.items() if _is_number(v)])
-            for m in self.monitors:
-                m.clear_metrics()
+        self.sender = sender
+        self.current_step = current_step
+        self.metrics = compat.SystemMetrics(sender.run_id, sampling_interval=interval, samples_before_logging=1,
+                                            node_id=node_name(), tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-        def finish(self):
-            if self._process is None:
-                return
-            self._shutdown_event.set()
-            self._process.join(timeout=5)
-            self._process = None
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="airtune-system-metrics", daemon=True)
+        self._thread.start()
 
-    monitor = QueuedSystemMetricsMonitor(
-        sender.run_id,
-        sampling_interval=interval,
-        samples_before_logging=1,
-        node_id=node_name(),
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
-    )
-    return monitor
+    def _run(self) -> None:
+        m = self.metrics
+        while not self._stop.is_set():
+            for _ in range(m.samples_before_logging):
+                m.collect()
+                if self._stop.wait(m.sampling_interval):
+                    break
+            try:
+                self.publish(m.aggregate())
+            except Exception as exc:  # a broken sensor must not end the monitor
+                _say(f"system metrics: a sample failed: {exc}")
+
+    def publish(self, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        prefix = self.metrics.prefix
+        ts = int(time.time() * 1000)
+        step = self.current_step()
+        self.sender.metrics([Metric(prefix + k, float(v), ts, step) for k, v in metrics.items() if _is_number(v)])
+        self.metrics.clear()
+
+    def finish(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+
+
+def _system_monitor(sender: Sender, interval: float, current_step: Callable[[], int]) -> SystemMonitor:
+    return SystemMonitor(sender, interval, current_step)
 
 
 def make_callbacks() -> list:
