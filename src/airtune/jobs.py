@@ -438,10 +438,9 @@ def backend_store():
         uri = os.environ.get("AIRTUNE_MLFLOW_BACKEND_STORE_URI", "")
     if not uri or uri.startswith(("http://", "https://", "databricks")):
         return None
-    from mlflow.tracking._tracking_service.utils import _get_store
+    from airtune import compat
 
-    store = _get_store(uri)
-    return store if hasattr(store, "_hard_delete_run") else None
+    return compat.mlflow_backend_store(uri)
 
 
 def _all_runs(c, exp_id: str) -> list:
@@ -523,16 +522,16 @@ def delete_mlflow(name: str) -> list[str]:
             "purges them with `mlflow gc`, or set AIRTUNE_MLFLOW_BACKEND_STORE_URI to purge them here)"
         )
         return out
+    from airtune import compat
+
     for run in runs:
-        store._hard_delete_run(run.info.run_id)
+        compat.mlflow_hard_delete(store, run_id=run.info.run_id)
         out.append(f"mlflow: purged run {run.info.run_id}")
-    if hasattr(store, "_hard_delete_logged_model"):
-        for model in models:
-            store._hard_delete_logged_model(model.model_id)
-        if models:
-            out.append(f"mlflow: purged {len(models)} logged models")
+    purged = [m for m in models if compat.mlflow_hard_delete(store, logged_model_id=m.model_id)]
+    if purged:
+        out.append(f"mlflow: purged {len(purged)} logged models")
     _purge_links(store, [r.info.run_id for r in runs] + [m.model_id for m in models], exp_id)
-    store._hard_delete_experiment(exp_id)
+    compat.mlflow_hard_delete(store, experiment_id=exp_id)
     out.append(f"mlflow: purged experiment {exp.name}")
     return out
 

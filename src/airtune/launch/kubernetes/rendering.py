@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from kubernetes.client import ApiClient
 
+from airtune import compat
 from airtune.launch import launcher_kind
 from airtune.launch.kubernetes import manifests, naming
 from airtune.launch.kubernetes.operators import TASK_JOB, TASK_POD, TrainJobOperator, TrainPodOperator
@@ -32,7 +33,7 @@ def _quiet(op):
     """The operators log what they build at info level; `airtune render` prints YAML on stdout alone."""
     quiet = logging.getLogger("airtune.launch.kubernetes.rendering.build")
     quiet.setLevel(logging.WARNING)
-    op._cached_logger = quiet
+    compat.set_operator_logger(op, quiet)
     return op
 
 
