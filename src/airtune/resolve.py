@@ -26,15 +26,8 @@ from airtune import paths
 from airtune.catalog import Catalog, Location, ModelEntry
 from airtune.spec import APPLIED_DEFAULTS, FieldError, JobSpec, SpecError, parse_partial
 
-# docs/form.md: the dataset's format must fit the stage. grpo takes its prompts from sft data.
-STAGE_DATASET_KINDS = {
-    "sft": ("sft",), "pt": ("text",), "rm": ("preference",), "dpo": ("preference",), "kto": ("kto",),
-    "grpo": ("sft",),
-}
-KIND_WORDS = {
-    "sft": "instructions or conversations", "text": "plain text", "preference": "preference pairs",
-    "kto": "examples labelled desirable/undesirable",
-}
+# docs/form.md: the dataset's format must fit the stage (one table, airtune.stages; the data step reads it too).
+from airtune.stages import KIND_WORDS, STAGE_DATASET_KINDS  # noqa: E402
 # docs/form.md: a parent is a finished pt, sft, dpo, kto or grpo job (an rm job is no parent).
 PARENT_STAGES = ("pt", "sft", "dpo", "kto", "grpo")
 HALF = ("fp16", "bf16", "pure_bf16")

@@ -87,20 +87,37 @@ SECTIONS: tuple[Section, ...] = (
 
 # -- value patterns -------------------------------------------------------------------------------
 
+# Every pattern is checked the way Airflow checks a param's JSON schema: Python's `re.search`. Its `$`
+# also matches before a final newline ("demo\n" would pass `^[a-z0-9]+$`); `$(?!\n)` is the true end
+# there, and the same as `$` in ECMA-262 regexes.
+_END = r"$(?!\n)"
 # Kubernetes' DNS-1123 label: every object, folder and MLflow name is derived from the job name.
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?" + _END
 DNS_LABEL_MAX = 63
 # The same, or empty (reward_model / parent_job may be left empty in a REST conf as "").
-OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
-# A module name PEFT can target (q_proj, model.layers.0.mlp.down_proj, ...).
-MODULE_PATTERN = r"^[A-Za-z0-9_.]+$"
+OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?" + _END
+# A catalog name (model, location, template, GPU type, dataset, benchmark) as given: no spaces, no commas.
+NAME_PATTERN = r"^[^,\s]+" + _END
+# A module name PEFT can target (q_proj, model.layers.0.mlp.down_proj, ...); `all` in another case
+# (ALL, All) is neither `all` nor a module name.
+MODULE_PATTERN = r"^[A-Za-z0-9_.]+" + _END
+ALL_IN_ANOTHER_CASE_PATTERN = r"^(?!all$)[Aa][Ll][Ll]" + _END
+_MODULE_TOKEN = r"(?![Aa][Ll][Ll](?![A-Za-z0-9_.]))[A-Za-z0-9_.]+"
 # lora_target as text in the form: `all`, or module names separated by commas.
-LORA_TARGET_TEXT_PATTERN = r"^\s*(all|[A-Za-z0-9_.]+(\s*,\s*[A-Za-z0-9_.]+)*)\s*$"
+LORA_TARGET_TEXT_PATTERN = r"^\s*(all|" + _MODULE_TOKEN + r"(\s*,\s*" + _MODULE_TOKEN + r")*)\s*$"
 # promote_metric: a metric the evaluate task computes, or a benchmark's overall accuracy.
-PROMOTE_METRIC_PATTERN = r"^(eval_loss|rouge-1|rouge-2|rouge-l|bleu-4|reward_accuracy|benchmark:[A-Za-z0-9_.-]+)$"
+PROMOTE_METRIC_PATTERN = r"^(eval_loss|rouge-1|rouge-2|rouge-l|bleu-4|reward_accuracy|benchmark:[A-Za-z0-9_.-]+)" + _END
 PROMOTE_METRICS = ("eval_loss", "rouge-1", "rouge-2", "rouge-l", "bleu-4", "reward_accuracy")
-# dataset as text: names separated by commas.
-NAMES_TEXT_PATTERN = r"^\s*[^,\s]+(\s*,\s*[^,\s]+)*\s*$"
+
+
+def names_text_pattern(token: str = r"[^,\s]+") -> str:
+    """dataset (and the other name lists) as text: names (each matching `token`) separated by commas,
+    each at most once (the look-ahead refuses a name that comes again)."""
+    twice = r"(?![\s\S]*?(?:^|,)\s*([^,\s]+)\s*,(?:[\s\S]*,)?\s*\1\s*(?:,|$))"
+    return rf"^{twice}\s*(?:{token})(\s*,\s*(?:{token}))*\s*$"
+
+
+NAMES_TEXT_PATTERN = names_text_pattern()
 # numpy's seed must lie in [0, 2**32 - 1]: transformers' set_seed passes ours to it.
 SEED_MAX = 2**32 - 1
 
@@ -271,10 +288,11 @@ class JobSpec:
         section=1, kind="names", required=True, catalog="datasets",
         label_en="Training datasets", label_zh="训练数据集",
         help_en="One or more datasets of configs/datasets.yaml (a list, or names separated by commas). Their "
-                "format must fit the stage: instructions or conversations for sft (and the prompts of grpo), "
-                "plain text for pt, preference pairs for rm and dpo, labelled examples for kto.",
-        help_zh="选择对应训练格式的数据集（可多选）：sft与grpo用指令或对话数据，pt用纯文本，rm与dpo用偏好数据，"
-                "kto用带标签的样本。",
+                "format must fit the stage: instructions or conversations for sft, plain text for pt, preference "
+                "pairs for rm and dpo, labelled examples for kto; grpo takes the prompts of instructions, "
+                "conversations or preference pairs.",
+        help_zh="选择对应训练格式的数据集（可多选）：sft用指令或对话数据，pt用纯文本，rm与dpo用偏好数据，"
+                "kto用带标签的样本；grpo取指令、对话或偏好数据中的提示。",
     )
     reward_model: str | None = _f(
         section=1, kind="str", pattern=OPTIONAL_DNS_LABEL_PATTERN, max_length=DNS_LABEL_MAX,

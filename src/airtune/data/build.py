@@ -22,19 +22,9 @@ from airtune.data.errors import DataError, RowError
 # 2: sft data has eval_prompts.jsonl (the evaluate task's held-out prompts).
 DATA_VERSION = 2
 
-# Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage).
-STAGE_KINDS = {
-    "sft": ("sft",),
-    "pt": ("text",),
-    "rm": ("preference",),
-    "dpo": ("preference",),
-    "kto": ("kto",),
-    "grpo": ("sft", "preference"),
-}
-KIND_WORDS = {
-    "sft": "instructions or conversations", "text": "plain text", "preference": "preference pairs",
-    "kto": "examples labelled desirable/undesirable (KTO)",
-}
+# Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage):
+# the one table, airtune.stages, which validate reads too.
+from airtune.stages import KIND_WORDS, STAGE_DATASET_KINDS as STAGE_KINDS  # noqa: E402
 # The chat template the data was rendered with, stored in the prepared folder.
 TEMPLATE_FILE = "chat_template.jinja"
 # sft: the validation examples as text, for the evaluate task (one JSON object a line: messages, reference).
