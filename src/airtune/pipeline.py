@@ -344,7 +344,12 @@ def promote(job: dict, approval: dict | None = None) -> dict:
         else:
             champion_value = promotion.recorded_value(holder, metric)
             source = " (as recorded at its own evaluation, on its data)"
-    decision = promotion.decide(mode, metric, (ev.get("tuned") or {}).get(metric),
+    value = (ev.get("tuned") or {}).get(metric)
+    if value is None and metric == "eval_loss":  # rm / dpo / kto: the trainer's own eval loss of this version
+        value = job.get("best_eval_loss")
+        if holder is not None and champion_value is None:
+            champion_value = promotion.finite(holder.tags.get("eval_loss"))
+    decision = promotion.decide(mode, metric, value,
                                 champion_version=str(holder.version) if holder is not None else None,
                                 champion_value=champion_value, approval=approval, champion_source=source)
     promotion.apply(c, name, version, decision)

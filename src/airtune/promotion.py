@@ -61,7 +61,7 @@ def is_better(metric: str, new: float, old: float) -> bool:
     return new < old if metric in LOWER_IS_BETTER else new > old
 
 
-def _finite(x) -> float | None:
+def finite(x) -> float | None:
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -76,7 +76,7 @@ def decide(mode: str, metric: str, value, *, champion_version: str | None, champ
     approval: the approve task's result, {"chosen_options": [...], "responded_by_user": {...} | None},
     or None when nobody answered in time (the timeout's default, Reject, is applied by Airflow and
     comes here with responded_by_user None)."""
-    value, champion_value = _finite(value), _finite(champion_value)
+    value, champion_value = finite(value), finite(champion_value)
     facts = dict(mode=mode, metric=metric, value=value, champion_version=champion_version, champion_value=champion_value)
     shown = f"{metric} {value:.4g}" if value is not None else f"{metric} not measured"
     versus = (f"champion version {champion_version}: {champion_value:.4g}{champion_source}" if champion_value is not None
@@ -120,7 +120,7 @@ def recorded_value(mv, metric: str) -> float | None:
     """A version's own tuned-model figure for the metric, as register recorded it (tag eval.tuned.<metric>)."""
     if mv is None:
         return None
-    return _finite(mv.tags.get(f"eval.tuned.{metric_key(metric)}"))
+    return finite(mv.tags.get(f"eval.tuned.{metric_key(metric)}"))
 
 
 def apply(c, name: str, version: str, decision: Decision) -> None:
