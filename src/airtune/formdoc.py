@@ -93,8 +93,11 @@ CHECKED_BY_VALIDATE: dict[str, tuple[str, ...]] = {
     "parent_job": ("Must name a finished job of a stage that can be continued (see "
                    "[Continuing from an earlier job](#continuing-from-an-earlier-job)) with the same `base_model`.",),
     "gpu_type": ("Must be a GPU type the location offers.",
-                 "When the memory estimate of one training process exceeds the GPU type's memory: error, with the "
-                 "estimate's parts and what would make it fit."),
+                 "When the memory estimate of one training process exceeds the GPU type's memory whatever the rows' "
+                 "lengths (weights, gradients, optimizer states): error, with the estimate's parts and what would make "
+                 "it fit. When only batches of `cutoff_len`-token rows would not fit: a warning, and `prepare_dataset` "
+                 "decides again with the prepared data's longest row, failing at once (before any GPU is asked for) "
+                 "if even that does not fit."),
     "gpus_per_node": ("0 (CPU only) only on `local`.",
                       "At most the GPUs the GPU type's nodes have (on `local` with `auto`: the GPUs of this machine)."),
     "nodes": ("More than 1 only on a Kubernetes location.",),

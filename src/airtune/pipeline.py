@@ -117,6 +117,14 @@ def prepare_dataset(job: dict) -> dict:
         for w in figures.get("warnings", []):
             log.warning("%s", w)
         log.info("before training: %s", json.dumps({k: v for k, v in figures.items() if k != "warnings"}))
+    from airtune.data.figures import memory_check
+
+    memory, refusal = memory_check(manifest, resolved)  # validate's estimate again, with the rows' real lengths
+    if memory is not None:
+        log.info("GPU memory with rows of %s tokens (the prepared data's longest): about %s GiB per process of %s GiB",
+                 memory["row_tokens"], memory["gpu_memory_gib_per_process"], memory["gpu_memory_gib_available"])
+    if refusal:
+        fail_now(refusal)
     try:
         tracking.record_dataset(job["mlflow_run_id"], manifest, resolved)
         if figures:

@@ -138,14 +138,20 @@ def _eetq_kernels_cached() -> bool:
 # -- GPU memory estimate --------------------------------------------------------------------------
 
 GIB = 2**30
-# Logits dominate small models' activations (batch × tokens × vocabulary); the catalog has no
-# vocabulary size, so a large modern one is assumed (Llama 3: 128,256; Qwen2.5: 151,936).
+# The catalog has no vocabulary size, so a large modern one is assumed (Llama 3: 128,256; Qwen2.5:
+# 151,936); prepare_dataset uses the tokenizer's.
 ASSUMED_VOCAB = 128_000
 # Optimizer state bytes per trainable parameter (fp32 states): AdamW keeps two moments (2 × 4 B),
 # the 8-bit ones from bitsandbytes keep 1 B per moment, Adafactor factors its second moment
 # (rows + columns per matrix: negligible), SGD without momentum keeps nothing.
 OPTIMIZER_STATE_BYTES = {"adamw_torch": 8.0, "adamw_torch_fused": 8.0, "adamw_8bit": 2.0, "lion_8bit": 1.0,
                          "adafactor": 0.0, "sgd": 0.0}
+# TRL's fused LM head projects the LM head in tiles of TOKEN_CHUNK_SIZE tokens × _CHUNKED_LOGPROB_CHUNK_SIZE
+# vocabulary entries (trl/kernels/chunked_logprob.py, trl/trainer/utils.py; TRL is pinned).
+FUSED_TILE_TOKENS = 4096
+FUSED_TILE_VOCAB = 32768
+# Stages whose rows are two sequences in one forward pass (TRL concatenates chosen and rejected).
+SEQUENCES_PER_ROW = {"dpo": 2, "rm": 2}
 
 
 def trainable_params(model: ModelEntry, method: str, lora_rank: int | None, freeze_layers: int | None) -> float:
@@ -167,8 +173,14 @@ def trainable_params(model: ModelEntry, method: str, lora_rank: int | None, free
     return total * 0.005
 
 
-def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int) -> dict:
+def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, row_tokens: int | None = None,
+                        vocab_size: int | None = None) -> dict:
     """GPU memory one training process needs, in GiB, with its parts (resolved spec values).
+
+    Two totals: `gpu_memory_gib_certain`, what the job needs whatever its rows' lengths (weights,
+    gradients, optimizer states, overhead), and `gpu_memory_gib_per_process`, that plus the
+    activations and LM-head memory of a batch whose longest row has `row_tokens` tokens (default
+    cutoff_len: the worst case validate sees; prepare_dataset passes the data's real longest row).
 
     weights      params × bytes: QLoRA 4-bit 0.52 B (nf4 + double-quantized scales), 8-bit 1.03 B;
                  full fine-tuning keeps fp32 master weights (4 B) unless pure_bf16 (2 B); lora and
@@ -178,15 +190,23 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int) -> di
                  (AdamW 8 B; pure_bf16 4 B) + an fp32 copy where the weights are not already fp32
                  (lora adapters 4 B, freeze's upcast layers 2 B). ZeRO-2/3 shard gradients and
                  states; zero3_offload moves the states to the CPU.
-    activations  the trainer checkpoints activations on the GPU (train/args.py): each layer keeps
-                 its input (2 B × batch × tokens × hidden), and the layer being recomputed needs
-                 ~34 B × batch × tokens × hidden (Korthikanti et al. 2022, half precision, flash/SDPA
-                 attention: no tokens² term); plus the logits, ~6 B × batch × tokens × vocab (half-
-                 precision logits and the loss's fp32 copy).
+    activations  a batch is padded to its longest row: batch × row_tokens tokens (× 2 for dpo and rm,
+                 whose rows are a chosen and a rejected sequence in one forward pass). The trainer
+                 checkpoints activations on the GPU (train/args.py): each layer keeps its input
+                 (2 B × tokens × hidden), and the layer being recomputed needs ~34 B × tokens × hidden
+                 (Korthikanti et al. 2022, half precision, flash/SDPA attention: no tokens² term);
+                 twice that in fp32.
+    logits       TRL 1.16's trainers (SFT, pt, DPO, KTO, GRPO) compute the loss with a fused LM head
+                 (trl.trainer.utils.add_fused_lm_head, trl/kernels/chunked_logprob.py): the
+                 logits are never held for the whole batch, only one tile of 4096 tokens × 32768
+                 vocabulary entries in the compute type, plus the scored positions' hidden states
+                 (compute type) and their fp32 gradient. Label smoothing (extra_args
+                 label_smoothing_factor) takes the model's full logits instead: tokens × vocab in the
+                 compute type plus an fp32 copy. rm has a one-number score head: nothing.
     overhead     CUDA context and allocator slack: 1 GiB + 5 %.
 
     Example (the tests'): qwen2.5-7b-instruct, lora bf16, batch 8 × 2048 tokens on one H100:
-    14.2 (weights) + 0.3 (adapter states) + 4.9 (layers) + 11.7 (logits) + 2.6 = ~34 GiB of 80.
+    14.2 (weights) + 0.3 (adapter states) + 4.9 (layers) + 0.6 (fused LM head) + 2.0 = ~22 GiB of 80.
     """
     method, compute = spec["finetuning_method"], spec["compute_type"]
     bits = spec.get("quantization_bit") or "none"
@@ -220,21 +240,48 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int) -> di
     if distributed == "zero3_offload":
         states = 0.0
 
-    tokens = spec["per_device_train_batch_size"] * spec["cutoff_len"]
+    stage = spec.get("stage") or "sft"
+    row = int(row_tokens if row_tokens is not None else spec["cutoff_len"])
+    tokens = spec["per_device_train_batch_size"] * row * SEQUENCES_PER_ROW.get(stage, 1)
     hidden = model.hidden_size or int(math.sqrt(params / (12 * (model.num_layers or 32))))
     layers = model.num_layers or 32
-    layer_acts = tokens * hidden * (2.0 * layers + 34.0)
-    logits = tokens * (getattr(model, "vocab_size", None) or ASSUMED_VOCAB) * 6.0
+    compute_bytes = 4.0 if compute == "fp32" else 2.0
+    layer_acts = tokens * hidden * (2.0 * layers + 34.0) * compute_bytes / 2.0
+    vocab = vocab_size or getattr(model, "vocab_size", None) or ASSUMED_VOCAB
+    if stage == "rm":
+        logits = 0.0
+    elif float((spec.get("extra_args") or {}).get("label_smoothing_factor") or 0) > 0:
+        logits = tokens * vocab * (compute_bytes + 4.0)
+    else:
+        logits = (min(tokens, FUSED_TILE_TOKENS) * min(vocab, FUSED_TILE_VOCAB) * compute_bytes
+                  + tokens * hidden * (compute_bytes + 4.0) + tokens * 32.0)
 
-    subtotal = weights + grads + states + copies + layer_acts + logits
+    certain = weights + grads + states + copies
+    certain_total = certain * 1.05 + GIB
+    subtotal = certain + layer_acts + logits
     total = subtotal * 1.05 + GIB
     parts = {"weights": weights, "trainable_states": grads + states + copies, "activations": layer_acts,
              "logits": logits, "overhead": total - subtotal}
     return {
         "gpu_memory_gib_per_process": round(total / GIB, 1),
+        "gpu_memory_gib_certain": round(certain_total / GIB, 1),
+        "row_tokens": row,
         "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()},
         "trainable_params": int(trainable),
     }
+
+
+def memory_refusal(estimate: dict, available: float, gpu: str, *, certain: bool, rows: str) -> str:
+    """The message of a job whose estimate does not fit its GPUs (validate's and prepare_dataset's)."""
+    if certain:
+        parts = {k: v for k, v in estimate["parts_gib"].items() if k in ("weights", "trainable_states")}
+        return (f"this job needs about {estimate['gpu_memory_gib_certain']} GiB of GPU memory per process before any "
+                f"row's activations (estimate; parts in GiB: {_parts(parts)}, overhead) but {gpu}'s GPUs have "
+                f"{available} GiB; use lora, quantization_bit 4, or more GPUs with distributed zero3")
+    return (f"this job needs about {estimate['gpu_memory_gib_per_process']} GiB of GPU memory per process {rows} "
+            f"(estimate; parts in GiB: {_parts(estimate['parts_gib'])}) but {gpu}'s GPUs have {available} GiB; "
+            f"use a smaller per_device_train_batch_size or cutoff_len, lora, quantization_bit 4, or more GPUs "
+            f"with distributed zero3")
 
 
 # -- extra_args against the stage's TRL config ----------------------------------------------------
@@ -543,15 +590,20 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     if model and device == "cuda":
         estimate = estimate_gpu_memory(model, out, world_size)
         estimate["gpu_memory_gib_available"] = memory_gib
-        need = estimate["gpu_memory_gib_per_process"]
-        if memory_gib and need > memory_gib:
-            refuse("gpu_type", f"this job needs about {need} GiB of GPU memory per process (estimate; parts in GiB: "
-                               f"{_parts(estimate['parts_gib'])}) but {'this machine' if detected else gpu_name}'s GPUs "
-                               f"have {memory_gib} GiB; use lora, quantization_bit 4, a smaller "
-                               f"per_device_train_batch_size or cutoff_len, or more GPUs with distributed zero3",
+        gpu = "this machine" if detected else gpu_name
+        # Refused only when it cannot fit whatever the rows' lengths; when only rows of cutoff_len tokens
+        # would not fit, prepare_dataset decides again with the data's longest row (data.figures.memory_check).
+        if memory_gib and estimate["gpu_memory_gib_certain"] > memory_gib:
+            refuse("gpu_type", memory_refusal(estimate, memory_gib, gpu, certain=True, rows=""),
                    "base_model", "location", "finetuning_method", "compute_type", "quantization_bit",
-                   "per_device_train_batch_size", "cutoff_len", "distributed", "gpus_per_node", "nodes",
-                   value=gpu_name)
+                   "distributed", "gpus_per_node", "nodes", value=gpu_name)
+        elif memory_gib and estimate["gpu_memory_gib_per_process"] > memory_gib:
+            warnings.append(
+                f"gpu_type: with rows of cutoff_len {out['cutoff_len']} tokens this job would need about "
+                f"{estimate['gpu_memory_gib_per_process']} GiB of GPU memory per process (estimate; parts in GiB: "
+                f"{_parts(estimate['parts_gib'])}) and {gpu}'s GPUs have {memory_gib} GiB: prepare_dataset decides "
+                f"again with the data's longest row, and fails there (before any GPU is asked for) if even that "
+                f"does not fit")
 
     resolved = {
         "airtune_version": airtune.__version__,

@@ -17,10 +17,12 @@ import uuid
 from pathlib import Path
 
 from airtune.data.errors import DataError, RowError
+from airtune.data.figures import longest_row_tokens
 
 # Bump when the prepared layout or the way rows are encoded changes: old cache entries then miss.
 # 2: sft data has eval_prompts.jsonl (the evaluate task's held-out prompts).
-DATA_VERSION = 2
+# 3: the manifest has longest_row_tokens (prepare_dataset's GPU memory check).
+DATA_VERSION = 3
 
 # Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage):
 # the one table, airtune.stages, which validate reads too.
@@ -582,7 +584,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     tmp.mkdir(parents=True)
     # the template the rows were rendered with, beside them (the trainer and later jobs can read it back)
     shutil.copyfile(resolved["template"]["path"], tmp / TEMPLATE_FILE)
-    rows, tokens, label_tokens, columns = {}, {}, {}, {}
+    rows, tokens, label_tokens, columns, longest = {}, {}, {}, {}, {}
     for name, c in splits.items():
         if name == "validation" and examples_per_split[name] == 0:
             continue
@@ -590,6 +592,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         ds.save_to_disk(str(tmp / name))
         rows[name] = len(ds)
         tokens[name], label_tokens[name] = _count_tokens(c, stage)
+        longest[name] = longest_row_tokens(c, stage)
         columns[name] = list(ds.column_names)
     eval_prompts = None
     if stage == "sft":  # the validation examples as text, same order (the other stages' rows hold their prompts)
@@ -653,6 +656,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         "rows": rows,
         "tokens": tokens,
         "label_tokens": label_tokens,
+        "longest_row_tokens": longest,
         "columns": columns,
         "truncated_rows": truncated,
         "dropped_rows": dropped,

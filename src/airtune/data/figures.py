@@ -45,3 +45,59 @@ def training_figures(manifest: dict, spec: dict) -> dict:
     if rows and total == 0:
         figures["warnings"].append("the job has no optimizer step")
     return figures
+
+
+# -- GPU memory with the data's real lengths -------------------------------------------------------
+
+def longest_row_tokens(cols: dict, stage: str) -> int:
+    """The tokens of a split's longest row as one sequence of the training forward pass: input_ids (sft,
+    pt; with packing, the packed row), prompt + the longer completion (dpo), the longer of chosen and
+    rejected (rm), prompt + completion (kto), the prompt (grpo). `cols`: the split's IntLists columns."""
+    import numpy as np
+
+    def lengths(key):
+        return cols[key].lengths if key in cols else np.zeros(0, np.int64)
+
+    if "input_ids" in cols:
+        rows = lengths("input_ids")
+    elif stage == "rm":
+        rows = np.maximum(lengths("chosen_ids"), lengths("rejected_ids"))
+    elif stage == "dpo":
+        rows = lengths("prompt_ids") + np.maximum(lengths("chosen_ids"), lengths("rejected_ids"))
+    elif stage == "kto":
+        rows = lengths("prompt_ids") + lengths("completion_ids")
+    else:
+        rows = lengths("prompt_ids")
+    return int(rows.max()) if len(rows) else 0
+
+
+def memory_check(manifest: dict, resolved: dict) -> tuple[dict | None, str | None]:
+    """prepare_dataset's GPU memory decision: validate's estimate (resolve.estimate_gpu_memory) again, with
+    the batch padded to the prepared rows' longest (manifest `longest_row_tokens`; cutoff_len where the
+    manifest does not say) and the tokenizer's vocabulary.
+
+    Returns (the estimate, None) when it fits, (the estimate, the refusal) when even the real data does not
+    fit, (None, None) where validate had no GPU memory to check against (CPU, an unknown GPU)."""
+    from types import SimpleNamespace
+
+    from airtune.resolve import estimate_gpu_memory, memory_refusal
+
+    before = resolved.get("estimate") or {}
+    available, model = before.get("gpu_memory_gib_available"), resolved.get("model")
+    if not available or not model or before.get("gpu_memory_gib_per_process") is None:
+        return None, None
+    spec = resolved["spec"]
+    longest = (manifest.get("longest_row_tokens") or {}).get("train")
+    row = min(int(longest), int(spec["cutoff_len"])) if longest else int(spec["cutoff_len"])
+    entry = SimpleNamespace(**{k: model.get(k) for k in ("params_b", "num_layers", "hidden_size")},
+                            vocab_size=(manifest.get("tokenizer") or {}).get("vocab_size"))
+    estimate = estimate_gpu_memory(entry, spec, int((resolved.get("runtime") or {}).get("world_size") or 1),
+                                   row_tokens=row)
+    estimate["gpu_memory_gib_available"] = available
+    if estimate["gpu_memory_gib_per_process"] <= available:
+        return estimate, None
+    rows = (f"with its data's longest row ({row} tokens, batch {spec['per_device_train_batch_size']})" if longest
+            else f"with rows of cutoff_len {row} tokens (the prepared data records no row lengths)")
+    value = (resolved.get("runtime") or {}).get("gpu_type") or spec.get("gpu_type")
+    gpu = "this machine" if value in (None, "auto") else value
+    return estimate, f"gpu_type: {value!r} is not accepted: " + memory_refusal(estimate, available, gpu, certain=False, rows=rows)
