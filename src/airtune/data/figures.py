@@ -11,6 +11,30 @@ from __future__ import annotations
 import math
 
 
+def steps_per_epoch(rows: int, *, batch: int, accumulation: int, processes: int) -> int:
+    """Optimizer steps of one epoch (0 without rows), as transformers' Trainer counts them."""
+    rows_per_process = math.ceil(rows / max(1, processes)) if rows else 0
+    batches = math.ceil(rows_per_process / batch) if rows_per_process else 0
+    return max(math.ceil(batches / accumulation), 1) if batches else 0
+
+
+def max_steps_of(spec: dict) -> int | None:
+    """extra_args' max_steps when it is set (> 0): the Trainer then stops there, whatever the epochs."""
+    max_steps = (spec.get("extra_args") or {}).get("max_steps")
+    return int(max_steps) if max_steps and int(max_steps) > 0 else None
+
+
+def total_steps(rows: int, spec: dict, processes: int) -> int:
+    """Optimizer steps of the whole job, as transformers' Trainer counts them: the one count the
+    figures shown before training and the trainer's schedulers (train/args.py) use."""
+    fixed = max_steps_of(spec)
+    if fixed is not None:
+        return fixed
+    per_epoch = steps_per_epoch(rows, batch=int(spec.get("per_device_train_batch_size") or 1),
+                                accumulation=int(spec.get("gradient_accumulation_steps") or 1), processes=processes)
+    return math.ceil(float(spec.get("num_train_epochs") or 1.0) * per_epoch)
+
+
 def training_figures(manifest: dict, spec: dict) -> dict:
     rows = int((manifest.get("rows") or {}).get("train", 0))
     tokens = int((manifest.get("tokens") or {}).get("train", 0))
@@ -19,20 +43,18 @@ def training_figures(manifest: dict, spec: dict) -> dict:
     accum = int(spec.get("gradient_accumulation_steps") or 1)
     processes = max(1, int(spec.get("nodes") or 1) * int(spec.get("gpus_per_node") or 0))
     epochs = float(spec.get("num_train_epochs") or 1.0)
-    rows_per_process = math.ceil(rows / processes) if rows else 0
-    batches = math.ceil(rows_per_process / batch) if rows_per_process else 0
-    steps_per_epoch = max(math.ceil(batches / accum), 1) if batches else 0
-    max_steps = (spec.get("extra_args") or {}).get("max_steps")
-    total = int(max_steps) if max_steps and int(max_steps) > 0 else math.ceil(epochs * steps_per_epoch)
+    per_epoch = steps_per_epoch(rows, batch=batch, accumulation=accum, processes=processes)
+    max_steps = max_steps_of(spec)
+    total = total_steps(rows, spec, processes)
     figures = {
         "train_rows": rows,
         "processes": processes,
         "global_batch_rows": batch * accum * processes,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": per_epoch,
         "total_steps": total,
         "tokens_per_epoch": tokens,
         "trained_tokens_per_epoch": int(label_tokens) if label_tokens is not None else None,
-        "tokens_total": int(round(tokens * epochs)) if not (max_steps and int(max_steps) > 0) else None,
+        "tokens_total": int(round(tokens * epochs)) if max_steps is None else None,
         "warnings": [],
     }
     warmup = int(spec.get("warmup_steps") or 0)

@@ -41,45 +41,30 @@ class Mapped:
     hqq: dict | None = None
 
 
+# Where each TRL config class lives (the rest are in `trl` itself). Which class a stage trains with is
+# one table, trl_fields.STAGE_CONFIGS, which validate reads too.
+CONFIG_MODULES = {"ORPOConfig": "trl.experimental.orpo", "CPOConfig": "trl.experimental.cpo"}
+
+
 def config_class(stage: str, pref_loss: str | None = None):
     """The TRL config class of a stage (for dpo, of its pref_loss: ORPO and SimPO have their own trainers)."""
-    if stage in ("sft", "pt"):
-        from trl import SFTConfig
+    import importlib
 
-        return SFTConfig
-    if stage == "dpo":
-        if pref_loss == "orpo":
-            from trl.experimental.orpo import ORPOConfig
+    from airtune.train.trl_fields import config_name
 
-            return ORPOConfig
-        if pref_loss == "simpo":
-            from trl.experimental.cpo import CPOConfig
-
-            return CPOConfig
-        from trl import DPOConfig
-
-        return DPOConfig
-    if stage == "kto":
-        from trl import KTOConfig
-
-        return KTOConfig
-    if stage == "rm":
-        from trl import RewardConfig
-
-        return RewardConfig
-    if stage == "grpo":
-        from trl import GRPOConfig
-
-        return GRPOConfig
-    raise ArgsError(f"stage {stage!r} is not supported by this trainer yet")
+    try:
+        name = config_name(stage, pref_loss)
+    except KeyError:
+        raise ArgsError(f"stage {stage!r} is not supported by this trainer yet") from None
+    return getattr(importlib.import_module(CONFIG_MODULES.get(name, "trl")), name)
 
 
 def total_steps(rows: int, spec: dict, world_size: int) -> int:
-    """Optimizer steps of the whole job, as transformers counts them (for schedulers that need it)."""
-    per_process = math.ceil(rows / max(1, world_size))
-    batches = math.ceil(per_process / spec["per_device_train_batch_size"])
-    per_epoch = max(1, math.ceil(batches / spec["gradient_accumulation_steps"]))
-    return max(1, math.ceil(per_epoch * float(spec["num_train_epochs"])))
+    """Optimizer steps of the whole job, as transformers counts them (for schedulers that need it): the
+    data step's count (data/figures.py, max_steps honoured), at least 1."""
+    from airtune.data.figures import total_steps as steps
+
+    return max(1, steps(rows, spec, world_size))
 
 
 def check_extra_args(extra: dict, cls) -> None:
