@@ -152,15 +152,12 @@ def fail_now(message: str):
 
 
 def train_env(job: dict) -> dict[str, str]:
+    """The training (and evaluate) command's environment on this machine: launch.environment's table."""
     from airtune import tracking
+    from airtune.launch.environment import launch_env
 
-    return {
-        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-        "MLFLOW_RUN_ID": job["mlflow_run_id"],
-        "AIRTUNE_METRICS_FILE": str(Path(job["job_dir"]) / "metrics.jsonl"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    return launch_env(role="train", job_dir=job["job_dir"], tracking_uri=tracking.tracking_uri(),
+                      mlflow_run_id=job["mlflow_run_id"])
 
 
 def train_local(job: dict) -> dict:

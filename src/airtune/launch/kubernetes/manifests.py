@@ -243,29 +243,22 @@ def resources(resolved: dict, *, role: str) -> k8s.V1ResourceRequirements:
 
 def env(resolved: dict, run: Run, *, role: str) -> tuple[list[k8s.V1EnvVar], list[k8s.V1EnvFromSource]]:
     """Plain settings as values; every secret only as a reference to a Kubernetes Secret."""
+    from airtune.launch.environment import REPORTING_ROLES, launch_env
+
     settings = location_settings(resolved)
-    values = {
-        "PYTHONUNBUFFERED": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "AIRTUNE_WORKSPACE": settings.workspace.mount_path,
-    }
+    where = {"AIRTUNE_WORKSPACE": settings.workspace.mount_path}
     hf_home = settings.hf_home or (
         f"{settings.storage['models'].mount_path}/hf-home"
         if "models" in settings.storage and not settings.storage["models"].read_only else None
     )
     if hf_home:
-        values["HF_HOME"] = hf_home
-    if role in ("train", "evaluate"):
-        values["AIRTUNE_METRICS_FILE"] = f"{run.job_dir}/metrics.jsonl"
-        uri = tracking_uri_for_pods(settings)
-        if uri and run.mlflow_run_id:
-            values["MLFLOW_TRACKING_URI"] = uri
-            values["MLFLOW_RUN_ID"] = run.mlflow_run_id
+        where["HF_HOME"] = hf_home
+    values = launch_env(role=role, job_dir=run.job_dir, mlflow_run_id=run.mlflow_run_id, where=where,
+                        tracking_uri=tracking_uri_for_pods(settings) if role in REPORTING_ROLES else None)
     env_vars = [k8s.V1EnvVar(name=k, value=v) for k, v in values.items()]
     env_from = []
     for s in settings.secrets:
-        if role not in s.roles:
+        if not s.for_role(role):
             continue
         if s.env_from:
             env_from.append(k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s.name, optional=s.optional or None)))

@@ -75,7 +75,7 @@ def delete_selected(core, batch, namespace: str, selector: str) -> list[str]:
 def cleanup_run_objects(job: dict, resolved: dict | None = None) -> list[str]:
     """Delete every object of one run of a job (the DAG's teardown). Returns what it deleted."""
     if resolved is None:
-        from airtune.launch.kubernetes.operators import load_resolved
+        from airtune.pipeline import load_resolved
 
         resolved = load_resolved(job)
     if resolved["location"].get("kind") == "local":

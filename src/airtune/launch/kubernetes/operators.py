@@ -20,10 +20,8 @@ spec from the job folder when they start, so the DAG file needs no Kubernetes se
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
@@ -35,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from airtune import compat
 from airtune.launch.kubernetes import manifests, naming
+from airtune.pipeline import load_resolved  # the job folder's spec.json, read as the other tasks read it
 
 CONTAINER = "train"
 # Task ids in the DAG (dags/airtune_finetune.py): the provider puts the task id in the pod's labels.
@@ -43,10 +42,6 @@ TASK_JOB_GROUP = "train_kubernetes_job"
 TASK_JOB = f"{TASK_JOB_GROUP}.train"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-
-def load_resolved(job: dict) -> dict:
-    return json.loads((Path(job["job_dir"]) / "spec.json").read_text())
 
 
 def run_of(job: dict, resolved: dict, *, dag_id: str, run_id: str, try_number: int) -> manifests.Run:
