@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -90,6 +90,9 @@ class GpuType:
     memory_gib: float | None
     bf16: bool | None
     node_selector: dict[str, str] = field(default_factory=dict)
+    # what a Kubernetes GPU type's training image offers (validate cannot look there)
+    flash_attn: bool = False
+    eetq_kernels: bool = False  # EETQ's kernels in its Hugging Face cache
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Location:
     namespace: str | None = None
     image: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    kubernetes: KubernetesSettings | None = None  # kind kubernetes: its settings, checked, defaults filled in
 
     @property
     def is_local(self) -> bool:
@@ -188,28 +192,7 @@ def _load(config_dir: str) -> Catalog:
         datasets[name] = _dataset_entry(name, d, base)
     locations = {}
     for name, loc in (_read_yaml(root / "locations.yaml").get("locations") or {}).items():
-        gpu_types = {
-            g: GpuType(
-                name=g,
-                gpus_per_node=v.get("gpus_per_node"),
-                memory_gib=v.get("memory_gib"),
-                bf16=v.get("bf16"),
-                node_selector=dict(v.get("node_selector") or {}),
-            )
-            for g, v in (loc.get("gpu_types") or {}).items()
-        }
-        if not gpu_types:
-            raise CatalogError(f"locations.yaml: {name}: no gpu_types")
-        locations[name] = Location(
-            name=name,
-            kind=loc.get("kind", "kubernetes"),
-            gpu_types=gpu_types,
-            gpu_quota=int(loc.get("gpu_quota", 1)),
-            connection_id=loc.get("connection_id"),
-            namespace=loc.get("namespace"),
-            image=loc.get("image"),
-            raw=loc,
-        )
+        locations[name] = location_entry(name, loc)
     for m in models.values():
         if m.template not in templates:
             raise CatalogError(f"models.yaml: {m.name}: template {m.template!r} has no file in templates/")
@@ -318,3 +301,190 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
+
+
+# -- locations.yaml: the one reader -------------------------------------------------------------
+# validate (resolve) reads the Location records; the Kubernetes launcher (launch/kubernetes/manifests)
+# reads `kubernetes_settings` of the location record in the resolved spec, which is this entry.
+
+LOCATION_KINDS = ("local", "kubernetes")
+LOCAL_KEYS = ("kind", "gpu_quota", "gpu_types")
+KUBERNETES_KEYS = (
+    *LOCAL_KEYS, "connection_id", "namespace", "image", "image_pull_policy", "service_account", "image_pull_secrets",
+    "priority_class", "tolerations", "node_selector", "storage", "secrets", "kueue_queue", "mlflow_tracking_uri",
+    "hf_home", "active_deadline_seconds", "termination_grace_seconds", "schedule_timeout_seconds",
+    "startup_timeout_seconds", "log_interval_seconds", "poll_interval_seconds", "shm_size_gib", "rendezvous_port",
+    "run_as_user", "run_as_group", "fs_group", "job_ttl_seconds", "prepare",
+)
+GPU_TYPE_KEYS = ("node_selector", "gpus_per_node", "memory_gib", "bf16", "flash_attn", "eetq_kernels")
+STORAGE_KINDS = ("models", "datasets", "workspace")
+STORAGE_KEYS = ("claim", "mount_path", "read_only")
+SECRET_KEYS = ("name", "env", "key", "env_from", "optional", "roles")
+PREPARE_KEYS = ("cpu", "memory_gib")
+_INT_SETTINGS = ("active_deadline_seconds", "termination_grace_seconds", "schedule_timeout_seconds",
+                 "startup_timeout_seconds", "log_interval_seconds", "rendezvous_port", "run_as_user", "run_as_group",
+                 "fs_group", "job_ttl_seconds")
+
+
+class LocationError(CatalogError):
+    """A location of configs/locations.yaml that cannot be used as it is; the message names it and the key."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    kind: str  # models | datasets | workspace
+    claim: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Kubernetes Secret exposed to the pods: one key as one variable, or every key (`env_from`)."""
+
+    name: str
+    env: str | None = None
+    key: str | None = None
+    env_from: bool = False
+    optional: bool = False
+    roles: tuple[str, ...] | None = None  # the pod roles that get it; None: every role
+
+    def for_role(self, role: str) -> bool:
+        return self.roles is None or role in self.roles
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """A Kubernetes location of configs/locations.yaml, with its defaults filled in."""
+
+    name: str
+    connection_id: str
+    namespace: str
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    priority_class: str | None = None
+    tolerations: tuple[dict, ...] = ()
+    node_selector: dict[str, str] = field(default_factory=dict)
+    gpu_types: dict[str, dict] = field(default_factory=dict)
+    storage: dict[str, Storage] = field(default_factory=dict)
+    secrets: tuple[SecretRef, ...] = ()
+    kueue_queue: str | None = None
+    mlflow_tracking_uri: str | None = None
+    hf_home: str | None = None
+    active_deadline_seconds: int = 7 * 24 * 3600
+    termination_grace_seconds: int = 60
+    schedule_timeout_seconds: int = 3600
+    startup_timeout_seconds: int = 1800
+    log_interval_seconds: int = 60
+    poll_interval_seconds: float = 15
+    shm_size_gib: int | None = None
+    rendezvous_port: int = 29500
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    fs_group: int = 1000
+    prepare_cpu: int = 4
+    prepare_memory_gib: int = 16
+    job_ttl_seconds: int = 24 * 3600
+
+    @property
+    def workspace(self) -> Storage:
+        return self.storage["workspace"]
+
+
+def _refuse_unknown(name: str, where: str, mapping, accepted: tuple[str, ...], *, hint: str = "") -> None:
+    """Like the job spec: a key no schema declares is an error naming the key and the location."""
+    if not isinstance(mapping, dict):
+        raise LocationError(f"locations.yaml: {name}: {where or 'the entry'} must be a mapping")
+    unknown = [k for k in mapping if k not in accepted]
+    if unknown:
+        keys = ", ".join(f"{where}{k}" for k in unknown)
+        raise LocationError(f"locations.yaml: {name}: unknown key{'s' if len(unknown) > 1 else ''} {keys}{hint}; "
+                            f"accepted{' under ' + where.rstrip('.') if where else ''}: {', '.join(accepted)}")
+
+
+def location_entry(name: str, loc) -> Location:
+    """One entry of locations.yaml as a Location: unknown keys refused (at every level), a Kubernetes
+    location's settings checked and its defaults filled in (`kubernetes_settings`)."""
+    _refuse_unknown(name, "", loc, KUBERNETES_KEYS)
+    kind = loc.get("kind", "kubernetes")
+    if kind not in LOCATION_KINDS:
+        raise LocationError(f"locations.yaml: {name}: kind {kind!r}; accepted: {', '.join(LOCATION_KINDS)}")
+    if kind == "local":
+        _refuse_unknown(name, "", loc, LOCAL_KEYS, hint=" (Kubernetes settings; this location is kind local)")
+    gpu_types = {}
+    for g, v in (loc.get("gpu_types") or {}).items():
+        v = {} if v is None else v
+        _refuse_unknown(name, f"gpu_types.{g}.", v, GPU_TYPE_KEYS)
+        gpu_types[g] = GpuType(name=g, gpus_per_node=v.get("gpus_per_node"), memory_gib=v.get("memory_gib"),
+                               bf16=v.get("bf16"), node_selector=dict(v.get("node_selector") or {}),
+                               flash_attn=bool(v.get("flash_attn")), eetq_kernels=bool(v.get("eetq_kernels")))
+    if not gpu_types:
+        raise CatalogError(f"locations.yaml: {name}: no gpu_types")
+    return Location(
+        name=name,
+        kind=kind,
+        gpu_types=gpu_types,
+        gpu_quota=int(loc.get("gpu_quota", 1)),
+        connection_id=loc.get("connection_id"),
+        namespace=loc.get("namespace"),
+        image=loc.get("image"),
+        raw=loc,
+        kubernetes=kubernetes_settings(name, loc) if kind == "kubernetes" else None,
+    )
+
+
+def kubernetes_settings(name: str, raw: dict) -> KubernetesSettings:
+    """The Kubernetes settings of a location entry (its locations.yaml mapping, or the location record of a
+    resolved spec, which carries it); errors name the location and the key."""
+
+    def need(key: str):
+        if not raw.get(key):
+            raise LocationError(f"locations.yaml: {name}: `{key}` is required for a Kubernetes location")
+        return raw[key]
+
+    storage = {}
+    for kind, entry in (raw.get("storage") or {}).items():
+        if kind not in STORAGE_KINDS:
+            raise LocationError(f"locations.yaml: {name}: storage.{kind}: unknown; accepted: {', '.join(STORAGE_KINDS)}")
+        _refuse_unknown(name, f"storage.{kind}.", entry, STORAGE_KEYS)
+        if not entry.get("claim") or not str(entry.get("mount_path", "")).startswith("/"):
+            raise LocationError(f"locations.yaml: {name}: storage.{kind} needs `claim` and an absolute `mount_path`")
+        storage[kind] = Storage(kind, entry["claim"], str(PurePosixPath(entry["mount_path"])), bool(entry.get("read_only", False)))
+    if "workspace" not in storage:
+        raise LocationError(f"locations.yaml: {name}: storage.workspace is required (the job folders live there)")
+    secrets = []
+    for s in raw.get("secrets") or []:
+        _refuse_unknown(name, "secrets[].", s, SECRET_KEYS)
+        if not s.get("name") or not (s.get("env_from") or (s.get("env") and s.get("key"))):
+            raise LocationError(f"locations.yaml: {name}: secrets: {s!r}: give `name` and either `env` + `key` or `env_from: true`")
+        roles = tuple(s["roles"]) if s.get("roles") else None
+        secrets.append(SecretRef(s["name"], s.get("env"), s.get("key"), bool(s.get("env_from")), bool(s.get("optional")), roles))
+    prepare = raw.get("prepare") or {}
+    _refuse_unknown(name, "prepare.", prepare, PREPARE_KEYS)
+    optional = {k: int(raw[k]) for k in _INT_SETTINGS if raw.get(k) is not None}
+    if raw.get("poll_interval_seconds") is not None:
+        optional["poll_interval_seconds"] = float(raw["poll_interval_seconds"])
+    return KubernetesSettings(
+        name=name,
+        connection_id=need("connection_id"),
+        namespace=need("namespace"),
+        image=need("image"),
+        image_pull_policy=raw.get("image_pull_policy") or "IfNotPresent",
+        service_account=raw.get("service_account"),
+        image_pull_secrets=tuple(raw.get("image_pull_secrets") or ()),
+        priority_class=raw.get("priority_class"),
+        tolerations=tuple(raw.get("tolerations") or ()),
+        node_selector=dict(raw.get("node_selector") or {}),
+        gpu_types=dict(raw.get("gpu_types") or {}),
+        storage=storage,
+        secrets=tuple(secrets),
+        kueue_queue=raw.get("kueue_queue"),
+        mlflow_tracking_uri=raw.get("mlflow_tracking_uri"),
+        hf_home=raw.get("hf_home"),
+        shm_size_gib=raw.get("shm_size_gib"),
+        prepare_cpu=int(prepare.get("cpu", 4)),
+        prepare_memory_gib=int(prepare.get("memory_gib", 16)),
+        **optional,
+    )

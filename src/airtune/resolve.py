@@ -426,11 +426,10 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
         capacity, has_bf16, memory_gib = int(hw["cuda_devices"] or 0), bool(hw["bf16"]), hw["gpu_memory_gib"]
         has_flash, has_eetq = bool(hw["flash_attn"]), bool(hw["eetq"])
     elif gpu is not None:
-        extra = ((location.raw.get("gpu_types") or {}).get(gpu_name) or {}) if location else {}
         capacity = gpu.gpus_per_node if gpu.gpus_per_node is not None else None
         has_bf16, memory_gib = bool(gpu.bf16), gpu.memory_gib or None
         # A Kubernetes GPU type may declare what its training image offers (configs/locations.yaml).
-        has_flash, has_eetq = bool(extra.get("flash_attn")), bool(extra.get("eetq_kernels"))
+        has_flash, has_eetq = gpu.flash_attn, gpu.eetq_kernels
     else:
         capacity, has_bf16, memory_gib, has_flash, has_eetq = None, False, None, False, False
 

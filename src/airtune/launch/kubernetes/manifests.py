@@ -16,12 +16,13 @@ sides and nothing is rewritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from kubernetes.client import models as k8s
 
+from airtune.catalog import STORAGE_KINDS, KubernetesSettings, LocationError, SecretRef, Storage, kubernetes_settings  # noqa: F401
 from airtune.launch.command import train_command
 from airtune.launch.kubernetes import naming
 
@@ -29,135 +30,16 @@ from airtune.launch.kubernetes import naming
 ROLES = ("train", "prepare", "evaluate")
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
-STORAGE_KINDS = ("models", "datasets", "workspace")
 
 
-class SettingsError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Storage:
-    kind: str  # models | datasets | workspace
-    claim: str
-    mount_path: str
-    read_only: bool = False
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """A Kubernetes Secret exposed to the pods: one key as one variable, or every key (`env_from`)."""
-
-    name: str
-    env: str | None = None
-    key: str | None = None
-    env_from: bool = False
-    optional: bool = False
-    roles: tuple[str, ...] = ROLES
-
-
-@dataclass(frozen=True)
-class Settings:
-    """A Kubernetes location of configs/locations.yaml, with its defaults filled in."""
-
-    name: str
-    connection_id: str
-    namespace: str
-    image: str
-    image_pull_policy: str = "IfNotPresent"
-    service_account: str | None = None
-    image_pull_secrets: tuple[str, ...] = ()
-    priority_class: str | None = None
-    tolerations: tuple[dict, ...] = ()
-    node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_types: dict[str, dict] = field(default_factory=dict)
-    storage: dict[str, Storage] = field(default_factory=dict)
-    secrets: tuple[SecretRef, ...] = ()
-    kueue_queue: str | None = None
-    mlflow_tracking_uri: str | None = None
-    hf_home: str | None = None
-    active_deadline_seconds: int = 7 * 24 * 3600
-    termination_grace_seconds: int = 60
-    schedule_timeout_seconds: int = 3600
-    startup_timeout_seconds: int = 1800
-    log_interval_seconds: int = 60
-    poll_interval_seconds: float = 15
-    shm_size_gib: int | None = None
-    rendezvous_port: int = 29500
-    run_as_user: int = 1000
-    run_as_group: int = 1000
-    fs_group: int = 1000
-    prepare_cpu: int = 4
-    prepare_memory_gib: int = 16
-    job_ttl_seconds: int = 24 * 3600
-
-    @property
-    def workspace(self) -> Storage:
-        return self.storage["workspace"]
+# A location's Kubernetes settings: read, checked and given their defaults by the catalog (the one
+# reader of configs/locations.yaml), from the location record the resolved spec carries.
+SettingsError = LocationError
+Settings = KubernetesSettings
 
 
 def location_settings(resolved: dict) -> Settings:
-    return settings_from_entry(resolved["location"].get("name", "?"), resolved["location"])
-
-
-def settings_from_entry(name: str, raw: dict) -> Settings:
-    """Read and check one Kubernetes entry of locations.yaml; errors name the location and the key."""
-
-    def need(key: str):
-        if not raw.get(key):
-            raise SettingsError(f"locations.yaml: {name}: `{key}` is required for a Kubernetes location")
-        return raw[key]
-
-    storage = {}
-    for kind, entry in (raw.get("storage") or {}).items():
-        if kind not in STORAGE_KINDS:
-            raise SettingsError(f"locations.yaml: {name}: storage.{kind}: unknown; accepted: {', '.join(STORAGE_KINDS)}")
-        if not entry.get("claim") or not str(entry.get("mount_path", "")).startswith("/"):
-            raise SettingsError(f"locations.yaml: {name}: storage.{kind} needs `claim` and an absolute `mount_path`")
-        storage[kind] = Storage(kind, entry["claim"], str(PurePosixPath(entry["mount_path"])), bool(entry.get("read_only", False)))
-    if "workspace" not in storage:
-        raise SettingsError(f"locations.yaml: {name}: storage.workspace is required (the job folders live there)")
-    secrets = []
-    for s in raw.get("secrets") or []:
-        if not s.get("name") or not (s.get("env_from") or (s.get("env") and s.get("key"))):
-            raise SettingsError(f"locations.yaml: {name}: secrets: {s!r}: give `name` and either `env` + `key` or `env_from: true`")
-        roles = tuple(s.get("roles") or ROLES)
-        secrets.append(SecretRef(s["name"], s.get("env"), s.get("key"), bool(s.get("env_from")), bool(s.get("optional")), roles))
-    prepare = raw.get("prepare") or {}
-    if raw.get("poll_interval_seconds") is not None:
-        optional_floats = {"poll_interval_seconds": float(raw["poll_interval_seconds"])}
-    else:
-        optional_floats = {}
-    optional_ints = {
-        k: int(raw[k])
-        for k in ("active_deadline_seconds", "termination_grace_seconds", "schedule_timeout_seconds",
-                  "startup_timeout_seconds", "log_interval_seconds", "rendezvous_port", "run_as_user",
-                  "run_as_group", "fs_group", "job_ttl_seconds")
-        if raw.get(k) is not None
-    }
-    return Settings(
-        name=name,
-        connection_id=need("connection_id"),
-        namespace=need("namespace"),
-        image=need("image"),
-        image_pull_policy=raw.get("image_pull_policy") or "IfNotPresent",
-        service_account=raw.get("service_account"),
-        image_pull_secrets=tuple(raw.get("image_pull_secrets") or ()),
-        priority_class=raw.get("priority_class"),
-        tolerations=tuple(raw.get("tolerations") or ()),
-        node_selector=dict(raw.get("node_selector") or {}),
-        gpu_types=dict(raw.get("gpu_types") or {}),
-        storage=storage,
-        secrets=tuple(secrets),
-        kueue_queue=raw.get("kueue_queue"),
-        mlflow_tracking_uri=raw.get("mlflow_tracking_uri"),
-        hf_home=raw.get("hf_home"),
-        shm_size_gib=raw.get("shm_size_gib"),
-        prepare_cpu=int(prepare.get("cpu", 4)),
-        prepare_memory_gib=int(prepare.get("memory_gib", 16)),
-        **optional_ints,
-        **optional_floats,
-    )
+    return kubernetes_settings(resolved["location"].get("name", "?"), resolved["location"])
 
 
 @dataclass(frozen=True)
