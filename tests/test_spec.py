@@ -154,7 +154,7 @@ SINGLE_FIELD = [
     ("cpu", 0, {}, [">= 1"], 1),
     ("memory_gib", 0, {}, [">= 1"], 1),
     ("learning_rate", 0, {}, ["> 0 and <= 1"], 1),
-    ("learning_rate", 1.5, {}, ["> 0 and <= 1"], "1e-5"),
+    ("learning_rate", 1.5, {}, ["> 0 and <= 1"], 1e-5),
     ("learning_rate", "fast", {}, ["a number > 0 and <= 1"], 0.5),
     ("learning_rate", float("nan"), {}, ["a number"], 1e-3),
     ("num_train_epochs", 0, {}, ["> 0 and <= 1000"], 0.5),
@@ -188,16 +188,16 @@ SINGLE_FIELD = [
     ("extra_args", "not-an-object", {}, ["object"], {"weight_decay": 0.01}),
     ("lora_target", "q_proj; v_proj", {}, ["module names"], "q_proj, v_proj"),
     ("lora_target", ["all", "q_proj"], {}, ["not both"], ["q_proj"]),
-    ("use_dora", "maybe", {}, ["true or false"], "true"),
+    ("use_dora", "maybe", {}, ["true or false"], True),
     ("freeze_trainable_layers", 0, {"finetuning_method": "freeze"}, [">= 1"], 1),
     ("pref_loss", "kl", {"stage": "dpo", "dataset": "dpo_en_demo"}, ["sigmoid, ipo, hinge, orpo, simpo"], "simpo"),
     ("pref_beta", 0, {"stage": "kto"}, ["> 0"], 0.5),
     ("packing", "sometimes", {}, ["true or false"], False),
-    ("train_on_prompt", 2, {}, ["true or false"], 1),
-    ("mask_history", "x", {}, ["true or false"], "no"),
+    ("train_on_prompt", 2, {}, ["true or false"], True),
+    ("mask_history", "x", {}, ["true or false"], False),
     ("skip_bad_rows", "x", {}, ["true or false"], True),
     ("save_total_limit", 0, {}, [">= 1"], 1),
-    ("export_merged", [], {}, [], None),  # empty: the default (no error)
+    ("export_merged", [], {}, ["true or false"], True),
     ("min_lr_rate", 1, {"lr_scheduler_type": "cosine_with_min_lr"}, ["> 0 and < 1"], 0.5),
     ("decay_ratio", 0, {"lr_scheduler_type": "warmup_stable_decay"}, ["> 0 and < 1"], 0.2),
 ]
@@ -352,28 +352,56 @@ def test_not_a_mapping():
 
 
 def test_empty_values_mean_the_default():
-    spec = parse({**BASE, "learning_rate": None, "cpu": "", "template": "  ", "extra_args": {}, "lora_target": [],
-                  "gpus_per_node": None, "packing": None})
+    spec = parse({**BASE, "learning_rate": None, "cpu": None, "template": None, "extra_args": {}, "lora_target": [],
+                  "gpus_per_node": None, "packing": None, "parent_job": "", "eval_dataset": []})
     assert (spec.learning_rate, spec.cpu, spec.template, spec.extra_args, spec.lora_target) == (1e-4, 8, "auto", {}, None)
+    assert spec.parent_job is None and spec.eval_dataset is None
+    # Empty is null (YAML: no value), or an empty list / object where the field takes one; "" and spaces are
+    # values, refused as the params' schema refuses them (only reward_model / parent_job take "").
+    assert [e.field for e in refused({**BASE, "cpu": "", "template": "  ", "use_dora": ""})] == ["cpu", "template", "use_dora"]
 
 
 def test_dataset_string_or_list():
     assert parse({**BASE, "dataset": "identity, alpaca_en_demo"}).dataset == ["identity", "alpaca_en_demo"]
-    assert parse({**BASE, "dataset": ["identity", " c4_demo "]}).dataset == ["identity", "c4_demo"]
+    assert parse({**BASE, "dataset": " identity ,c4_demo "}).dataset == ["identity", "c4_demo"]
+    assert parse({**BASE, "dataset": ["identity", "c4_demo"]}).dataset == ["identity", "c4_demo"]
     assert parse({**BASE, "dataset": ("identity",)}).to_dict()["dataset"] == ["identity"]
 
 
 def test_yaml_style_values_are_converted():
-    spec = parse({**BASE, "learning_rate": "1e-4", "quantization_bit": 4, "use_dora": "true", "cutoff_len": 512.0,
-                  "stage": " SFT ", "lora_target": "q_proj, v_proj", "nodes": "2", "num_train_epochs": 1})
+    spec = parse({**BASE, "learning_rate": 1e-4, "quantization_bit": 4, "use_dora": True, "cutoff_len": 512.0,
+                  "stage": "sft", "lora_target": "q_proj, v_proj", "nodes": 2, "num_train_epochs": 1})
     assert spec.learning_rate == 1e-4 and isinstance(spec.learning_rate, float)
     assert spec.quantization_bit == "4" and spec.use_dora is True and spec.cutoff_len == 512
     assert spec.stage == "sft" and spec.lora_target == ["q_proj", "v_proj"] and spec.nodes == 2
     assert isinstance(spec.num_train_epochs, float)
     assert parse({**BASE, "quantization_bit": "int8"}).quantization_bit == "8"
-    assert parse({**BASE, "lora_target": "ALL"}).lora_target == "all"
+    assert parse({**BASE, "lora_target": " all "}).lora_target == "all"
     assert [e.field for e in refused({**BASE, "cutoff_len": 512.5})] == ["cutoff_len"]
     assert [e.field for e in refused({**BASE, "nodes": True})] == ["nodes"]
+
+
+# One grammar (tests/test_grammar.py holds the schema to it): a near miss is refused, naming the spelling.
+NEAR_MISSES = [
+    ("learning_rate", "1e-4", "'1e-4' is text, not a number: write it without quotes"),
+    ("nodes", "2", "'2' is text, not a number"),
+    ("use_dora", "yes", "'yes' is text: write true without quotes"),
+    ("use_dora", 1, "true or false, not the number 1"),
+    ("stage", " SFT ", "write 'sft' (lower case, no spaces around it)"),
+    ("finetuning_method", "LoRA", "write 'lora'"),
+    ("quantization_bit", "INT4", "write 'int4'"),
+    ("lora_target", "ALL", "write all in lower case"),
+    ("template", " chatml", "without spaces around it: 'chatml'"),
+    ("dataset", [" identity"], "without spaces around it ('identity')"),
+    ("max_samples", "", "leave the key out or give no value (null), not an empty text"),
+    ("name", True, "it was read as true/false"),
+]
+
+
+@pytest.mark.parametrize("field, value, words", NEAR_MISSES, ids=[f"{r[0]}={r[1]!r}" for r in NEAR_MISSES])
+def test_near_misses_name_the_spelling(field, value, words):
+    errors = refused({**BASE, field: value})
+    assert [e.field for e in errors] == [field] and words in str(errors[0]), errors
 
 
 def test_to_dict_round_trips():

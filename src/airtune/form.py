@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from airtune.spec import FIELDS, SECTIONS, FieldInfo, param_schema
+from airtune.spec import FIELDS, SECTIONS, FieldInfo, names_text_pattern, param_schema
 
 LANGS = ("en", "zh")
 
@@ -83,6 +83,11 @@ def _catalog_choices(catalog, f: FieldInfo, lang: str) -> tuple[list, dict]:
     raise AssertionError(f.catalog)
 
 
+def _regex_literal(text: str) -> str:
+    """A catalog name inside a JSON Schema pattern (the characters regexes give a meaning escaped)."""
+    return "".join("\\" + ch if ch in ".^$*+?()[]{}|\\" else ch for ch in text)
+
+
 def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
     """One field's Param keyword arguments except the default: JSON schema + title, description, section."""
     schema = param_schema(f.name)
@@ -90,9 +95,11 @@ def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
     if f.catalog:
         values, labels = _catalog_choices(catalog, f, lang)
         if f.kind == "names":
-            # A multi-select (Airflow shows one for an array with `examples`); each item from the catalog.
+            # A multi-select (Airflow shows one for an array with `examples`); each item from the catalog, and
+            # the same names in the "a, b" text a YAML file or a REST call may give.
             schema["items"] = {**schema["items"], "enum": values}
             schema["examples"] = values
+            schema["pattern"] = names_text_pattern("|".join(_regex_literal(v) for v in values) or "(?!)")
         else:
             schema["enum"] = values + ([None] if not f.required else [])
     elif f.choices:

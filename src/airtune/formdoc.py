@@ -126,7 +126,9 @@ CHECKED_BY_VALIDATE: dict[str, tuple[str, ...]] = {
 # Notes on a field the table does not hold (value spellings the parser accepts, what resolve fills in).
 NOTES: dict[str, tuple[str, ...]] = {
     "quantization_bit": ("Also written `int4` / `int8`, or the integers 4 / 8 as LLaMA-Factory does: the same "
-                         "values in the form, a REST `conf` and a YAML file.",),
+                         "values in the form, a REST `conf` and a YAML file. The form's drop-down lists `none`, "
+                         "`4`, `8`; the schema's `definitions.accepted` holds every spelling (its `$ref` is what "
+                         "is checked).",),
     "quantization_method": ("bitsandbytes also runs on the CPU: 4-bit QLoRA trains there.",),
     "optimizer": ("The values are transformers' `optim` names.",),
     "dataset": ("A list, or names separated by commas; each dataset at most once.",),
@@ -174,8 +176,17 @@ error (naming the closest key when there is one).
 - **Rules between fields**, unknown keys and catalog look-ups fail the DAG's `validate` task within
   seconds, before any GPU or pod is requested. `airtune validate FILE` checks everything at once and
   reports every error, not only the first.
-- A value left **empty** means "use the default". `auto` values are resolved by `validate` and
-  recorded in the run's resolved spec ([architecture.md](architecture.md)).
+- A value left **empty** means "use the default": no value (YAML `key:`, JSON `null`), or an empty
+  list / object for a list or `extra_args`. `auto` values are resolved by `validate` and recorded in
+  the run's resolved spec ([architecture.md](architecture.md)).
+- **One grammar of values** for all entry points (the params' schemas and `validate` are tested to
+  agree on every field): numbers are numbers — `1e-4` in a YAML file is one (the job-file loader reads
+  exponents as YAML 1.2 and JSON do), `512.0` is an integer, and a number given as text (`"1e-4"`,
+  `"8"`) is refused, saying to drop the quotes; `true` / `false` are booleans (not `"yes"`, not `1`);
+  a choice is written as listed (lower case, no spaces around it: `LoRA` is refused, naming `lora`);
+  a name as the catalog spells it; an empty text (`""`) is refused (except for `reward_model` and
+  `parent_job`). The one alias: `quantization_bit` also takes `int4` / `int8` and the numbers 4 / 8
+  (the form's drop-down lists `none`, `4`, `8`).
 
 ## Job names
 

@@ -4,11 +4,12 @@ A job file is one YAML document holding one flat mapping of docs/form.md's keys.
 the loader either returns that mapping or raises JobFileError with one message naming the file and,
 where YAML knows it, the line: safe YAML only (no `!!python/...`), no duplicate keys (YAML would
 silently keep the last), no keys that are not text, one document, at most MAX_BYTES and MAX_DEPTH
-levels of nesting, UTF-8 text.
+levels of nesting, UTF-8 text. Numbers with an exponent (`1e-4`) are numbers, as in YAML 1.2 and JSON.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -50,6 +51,15 @@ class _Loader(yaml.SafeLoader):
                                 "YAML would silently keep the last one", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads a number with an exponent but no point, or no sign after the `e`, as text:
+# `learning_rate: 1e-4` would be the string "1e-4". YAML 1.2 and JSON read it as the number it is; so
+# does this loader (docs/form.md: numbers are numbers, text is refused where a number goes).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _depth(node, limit: int) -> int:

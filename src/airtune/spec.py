@@ -101,7 +101,7 @@ NAME_PATTERN = r"^[^,\s]+" + _END
 # A module name PEFT can target (q_proj, model.layers.0.mlp.down_proj, ...); `all` in another case
 # (ALL, All) is neither `all` nor a module name.
 MODULE_PATTERN = r"^[A-Za-z0-9_.]+" + _END
-ALL_IN_ANOTHER_CASE_PATTERN = r"^(?!all$)[Aa][Ll][Ll]" + _END
+ALL_ANY_CASE_PATTERN = r"^[Aa][Ll][Ll]" + _END  # not a module name, in a list: `all` is given alone, as text
 _MODULE_TOKEN = r"(?![Aa][Ll][Ll](?![A-Za-z0-9_.]))[A-Za-z0-9_.]+"
 # lora_target as text in the form: `all`, or module names separated by commas.
 LORA_TARGET_TEXT_PATTERN = r"^\s*(all|" + _MODULE_TOKEN + r"(\s*,\s*" + _MODULE_TOKEN + r")*)\s*$"
@@ -846,7 +846,16 @@ class FieldInfo:
             limits = self.limits_text(lang)
             return f"{word} {limits}{empty}" if limits else f"{word}{empty}"
         if self.kind == "choice":
-            return (("以下之一：" if zh else "one of: ") + ", ".join(self.choices)) + empty
+            aliases = CHOICE_ALIASES.get(self.name, {})
+            parts = []
+            for choice in self.choices:
+                texts = [a for a, c in aliases.items() if c == choice and isinstance(a, str)]
+                numbers = [str(a) for a, c in aliases.items() if c == choice and not isinstance(a, str)]
+                if texts or numbers:
+                    spelled = texts + [("数字 " if zh else "the number ") + n for n in numbers]
+                    parts.append(f"{choice} 也可写作 {' 或 '.join(spelled)}" if zh else f"{choice} also as {' or '.join(spelled)}")
+            also = ((f"（{'；'.join(parts)}）" if zh else f" ({'; '.join(parts)})") if parts else "")
+            return (("以下之一：" if zh else "one of: ") + ", ".join(self.choices)) + also + empty
         if self.kind == "bool":
             return "true 或 false" if zh else "true or false"
         if self.kind == "names":
@@ -909,8 +918,30 @@ def field_info(name: str) -> FieldInfo:
 
 # -- JSON schema for Airflow Params ---------------------------------------------------------------
 
+# The one grammar of values (docs/form.md, "How values are checked"): `param_schema` (what Airflow
+# checks when a run is triggered, from the form or REST) and `_convert` (what `airtune validate`, a
+# YAML file and the validate task check) accept exactly the same values; tests/test_grammar.py
+# generates values for every field and holds them to it. A value is written as the form shows it:
+# numbers as JSON/YAML numbers (the job-file loader reads `1e-4` as one), booleans as true/false,
+# choices as listed (lower case, no spaces), names as the catalog spells them. The only other
+# spellings are these aliases of a choice, each meaning one of its values.
+CHOICE_ALIASES: dict[str, dict] = {
+    # LLaMA-Factory writes quantization_bit as the integers 4 / 8; the platform's original form as int4 / int8.
+    "quantization_bit": {4: "4", 8: "8", "int4": "4", "int8": "8"},
+}
+
 _JSON_TYPES = {"str": "string", "choice": "string", "int": "integer", "float": "number", "bool": "boolean",
                "object": "object"}
+_FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max: a larger number is no float (inf, or an int beyond it)
+# NaN passes every bound of a JSON schema (each comparison with it is false), so it is the one number
+# that passes both of these: `not` refuses NaN, and only NaN.
+_NOT_NAN = {"not": {"type": "number", "minimum": 1, "maximum": 0}}
+_DRAFT7 = "http://json-schema.org/draft-07/schema#"
+
+
+def _pattern(f: FieldInfo) -> str | None:
+    """The field's text pattern; a catalog name is one word (the catalog check itself is resolve's)."""
+    return f.pattern or (NAME_PATTERN if f.kind == "str" and f.catalog else None)
 
 
 def param_schema(field_name: str) -> dict:
@@ -918,17 +949,24 @@ def param_schema(field_name: str) -> dict:
 
     Every field that is not required may be left empty (null): empty means the default. Catalog
     enums (models, locations, ...) are not here: `airtune.form` adds them from the catalog.
+
+    A choice with aliases (quantization_bit) keeps its top-level `type` and `enum` to the form's values:
+    Airflow 3.3's trigger form draws a select from exactly those (and a field of several types without
+    an `enum` as a text box). What is accepted is `definitions.accepted`, the values and the aliases:
+    under the JSON Schema draft its `$schema` names (draft-07, which Airflow's jsonschema validation
+    follows), a `$ref` stands for the whole schema and its sibling keywords are not checked.
     """
     f = FIELD_BY_NAME[field_name]
+    pattern = _pattern(f)
     schema: dict[str, Any]
     if f.kind == "names":
         # The form shows a multi-select (an array); YAML files and REST calls may also give "a, b".
-        schema = {"type": ["array", "string"], "items": {"type": "string", "minLength": 1},
+        schema = {"type": ["array", "string"], "items": {"type": "string", "pattern": NAME_PATTERN},
                   "minItems": 1 if f.required else 0,  # an optional multi-select left empty sends []
                   "uniqueItems": True, "pattern": NAMES_TEXT_PATTERN}
     elif f.kind == "target":
         schema = {"type": ["string", "array"], "pattern": LORA_TARGET_TEXT_PATTERN,
-                  "items": {"type": "string", "pattern": MODULE_PATTERN, "not": {"const": "all"}}, "minItems": 1}
+                  "items": {"type": "string", "pattern": MODULE_PATTERN, "not": {"pattern": ALL_ANY_CASE_PATTERN}}}
     else:
         schema = {"type": [_JSON_TYPES[f.kind]]}
         if f.kind == "choice":
@@ -937,15 +975,22 @@ def param_schema(field_name: str) -> dict:
                            ("maximum", f.le)):
             if bound is not None:
                 schema[key] = bound
-        if f.pattern:
-            schema["pattern"] = f.pattern
+        if f.kind == "float":
+            # inf and NaN are no numbers a field takes (YAML has .inf and .nan, Python's JSON Infinity and NaN)
+            if f.gt is None and f.ge is None:
+                schema["minimum"] = -_FLOAT_MAX
+            if f.lt is None and f.le is None:
+                schema["maximum"] = _FLOAT_MAX
+            schema.update(_NOT_NAN)
+        if pattern:
+            schema["pattern"] = pattern
         if f.max_length:
             schema["maxLength"] = f.max_length
         if f.kind == "str" and f.required:
             schema["minLength"] = 1
         if f.kind == "object":
             # extra_args: the keys airtune sets itself, or a form field sets, are refused at trigger time too.
-            schema["propertyNames"] = {"not": {"anyOf": [
+            schema["propertyNames"] = {"type": "string", "not": {"anyOf": [
                 {"enum": sorted(EXTRA_ARGS_RESERVED | set(EXTRA_ARGS_FROM_FIELDS))},
                 {"pattern": "^(" + "|".join(EXTRA_ARGS_RESERVED_PREFIXES) + ")"}]}}
     if not f.required:
@@ -954,6 +999,11 @@ def param_schema(field_name: str) -> dict:
             schema["enum"] = [*schema["enum"], None]
     elif len(schema["type"]) == 1:
         schema["type"] = schema["type"][0]
+    aliases = CHOICE_ALIASES.get(f.name)
+    if aliases:
+        accepted = [*f.choices, *aliases] + ([] if f.required else [None])
+        schema = {"$schema": _DRAFT7, "$ref": "#/definitions/accepted",
+                  "definitions": {"accepted": {"enum": accepted}}, **schema}
     return schema
 
 
@@ -969,42 +1019,43 @@ def _is_empty(value: Any) -> bool:
         (isinstance(value, (list, tuple, dict)) and len(value) == 0)
 
 
+def _number_text(value: Any) -> bool:
+    """A text that reads as a finite number ('8', '1e-4'): quoted in YAML, or a string in JSON."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _to_int(f: FieldInfo, value: Any) -> int:
+    """An integer: a JSON/YAML integer, or a number with nothing after the point (512.0), as JSON Schema's."""
     if isinstance(value, bool):
-        raise _Bad
+        raise _Bad(f"must be {f.accepted()}, not true/false")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        text = value.strip().replace("_", "")
-        if re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
-        try:
-            number = float(text)
-        except ValueError:
-            raise _Bad from None
-        if number.is_integer():
-            return int(number)
+    if _number_text(value):
+        raise _Bad(f"must be {f.accepted()}; {value!r} is text, not a number: write it without quotes")
     raise _Bad
 
 
-def _to_float(f: FieldInfo, value: Any) -> float:
+def _to_float(f: FieldInfo, value: Any) -> int | float:
+    """A finite number (an integer too), as given: the limits compare it exactly, as JSON Schema does."""
     if isinstance(value, bool):
-        raise _Bad
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string: take it as the number it means.
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _Bad from None
-    else:
-        raise _Bad
-    if not math.isfinite(number):
-        raise _Bad
-    return number
+        raise _Bad(f"must be {f.accepted()}, not true/false")
+    if _is_number(value) and not (isinstance(value, float) and not math.isfinite(value)):
+        return value
+    if _number_text(value):
+        raise _Bad(f"must be {f.accepted()}; {value!r} is text, not a number: write it without quotes "
+                   f"(YAML and JSON read {value.strip()} as a number)")
+    raise _Bad
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -1014,10 +1065,11 @@ _FALSE = {"false", "no", "off", "0"}
 def _to_bool(f: FieldInfo, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+        word = "true" if value.strip().lower() in _TRUE else "false"
+        raise _Bad(f"must be true or false; {value!r} is text: write {word} without quotes")
+    if _is_number(value) and value in (0, 1):
+        raise _Bad(f"must be true or false, not the number {show_value(value)}")
     raise _Bad
 
 
@@ -1027,16 +1079,116 @@ def _check_limits(f: FieldInfo, number: float) -> None:
         raise _Bad(f"must be {f.limits_text()}")
 
 
-def _split_names(value: Any) -> list:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",")]
-    if isinstance(value, (list, tuple)):
-        return [v.strip() if isinstance(v, str) else v for v in value]
+def _to_choice(f: FieldInfo, value: Any) -> str:
+    if isinstance(value, str) and value in f.choices:
+        return value
+    aliases = CHOICE_ALIASES.get(f.name, {})
+    if (isinstance(value, str) or _is_number(value)) and value in aliases:
+        return aliases[value]
+    if not isinstance(value, str):
+        raise _Bad
+    text = value.strip().lower()
+    if f.name == "stage" and text == "ppo":
+        raise _Bad("ppo is not offered: TRL, which airtune trains with, no longer has a PPO trainer; "
+                   "use grpo (online RL against a reward model, with reward_model naming a finished rm job)")
+    if text in f.choices or text in aliases:
+        raise _Bad(f"must be {f.accepted()}; write {text!r} (lower case, no spaces around it)")
     raise _Bad
 
 
+def _to_names(f: FieldInfo, value: Any) -> list | None:
+    what = "benchmark" if f.catalog == "benchmarks" else "dataset"
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            return None  # an optional multi-select left empty: the default
+        names = list(value)
+        bad = [n for n in names if not isinstance(n, str) or not re.search(NAME_PATTERN, n)]
+        if bad:
+            spaced = [n for n in bad if isinstance(n, str) and re.search(NAME_PATTERN, n.strip())]
+            raise _Bad(f"must be {f.accepted()}; each {what} name as the catalog spells it"
+                       + (f", without spaces around it ({spaced[0].strip()!r})" if spaced else ""))
+    else:
+        raise _Bad
+    duplicates = sorted({n for n in names if isinstance(n, str) and n and names.count(n) > 1})
+    if duplicates:
+        raise _Bad(f"each {what} at most once ({', '.join(duplicates)} given twice)")
+    if isinstance(value, str) and not re.search(NAMES_TEXT_PATTERN, value):
+        raise _Bad
+    return names
+
+
+_MODULES_TEXT = "all, or module names such as q_proj, v_proj (letters, digits, '_' and '.')"
+
+
+def _to_target(f: FieldInfo, value: Any) -> str | list | None:
+    if isinstance(value, str):
+        if re.search(LORA_TARGET_TEXT_PATTERN, value):
+            return "all" if value.strip() == "all" else [part.strip() for part in value.split(",")]
+        names = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            return None  # the default
+        names = list(value)
+        if any(isinstance(n, str) and re.search(ALL_ANY_CASE_PATTERN, n) for n in names):
+            raise _Bad("either all (alone, as text: lora_target: all), or a list of module names, not both")
+        bad = [n for n in names if not isinstance(n, str) or not re.search(MODULE_PATTERN, n)]
+        if not bad:
+            return names
+        raise _Bad(f"{_MODULES_TEXT}; not a module name: {', '.join(map(repr, bad))}")
+    else:
+        raise _Bad(_MODULES_TEXT)
+    if "all" in names and len(names) > 1:
+        raise _Bad("either all, or a list of module names, not both")
+    if any(n.lower() == "all" for n in names):
+        raise _Bad(f"{_MODULES_TEXT}; write all in lower case")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.]+", n)]
+    raise _Bad(_MODULES_TEXT + (f"; not a module name: {', '.join(map(repr, bad))}" if bad else ""))
+
+
+def _to_text(f: FieldInfo, value: Any) -> str | None:
+    if isinstance(value, bool) or _is_number(value):
+        read = "true/false" if isinstance(value, bool) else "a number"
+        raise _Bad(f"it was read as {read}, and {f.name} is text: quote it ({f.name}: \"{show_value(value)}\" in "
+                   f"YAML); accepted: {f.accepted()}")
+    if not isinstance(value, str):
+        raise _Bad
+    if f.max_length and len(value) > f.max_length:
+        raise _Bad(f"at most {f.max_length} characters (this one has {len(value)}); accepted: {f.accepted()}")
+    pattern = _pattern(f)
+    if pattern and not re.search(pattern, value):
+        if value.strip() != value and re.search(pattern, value.strip()):
+            raise _Bad(f"must be {f.accepted()}, without spaces around it: {value.strip()!r}")
+        raise _Bad
+    return value or None  # "" where the pattern takes it (reward_model, parent_job): empty, the default
+
+
+def _to_object(f: FieldInfo, value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise _Bad
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _Bad("an object whose keys are trainer argument names")
+        try:
+            json.dumps(item)
+        except (TypeError, ValueError):
+            raise _Bad(f"JSON values only ({key!r} is not)") from None
+        out[key] = item
+    return out
+
+
 def _convert(f: FieldInfo, value: Any) -> Any:
-    """One field's value, converted and checked on its own. Raises _Bad (message: what is accepted)."""
+    """One field's value (not None), converted and checked on its own, by the grammar `param_schema`
+    writes as JSON Schema. None: the value means "empty" (the default). Raises _Bad (message: what is
+    accepted)."""
+    if isinstance(value, str) and not value.strip():
+        pattern = _pattern(f)
+        if f.kind == "str" and (pattern is None or re.search(pattern, value)):
+            return value or None
+        raise _Bad(f"must be {f.accepted()}; to leave it empty, leave the key out or give no value (null), "
+                   f"not {'an empty text' if not value else 'spaces'}")
     if f.kind == "int":
         number = _to_int(f, value)
         _check_limits(f, number)
@@ -1044,68 +1196,21 @@ def _convert(f: FieldInfo, value: Any) -> Any:
     if f.kind == "float":
         number = _to_float(f, value)
         _check_limits(f, number)
-        return number
+        if abs(number) > _FLOAT_MAX:
+            raise _Bad(f"must be {f.accepted()} (this number is larger than any float)")
+        return float(number)
     if f.kind == "bool":
         return _to_bool(f, value)
     if f.kind == "choice":
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # quantization_bit: 4 in a YAML file
-        if not isinstance(value, str):
-            raise _Bad
-        text = value.strip().lower()
-        if f.name == "quantization_bit" and text in ("int4", "int8"):
-            text = text[3:]  # the seed's words for 4 and 8
-        if f.name == "stage" and text == "ppo":
-            raise _Bad("ppo is not offered: TRL, which airtune trains with, no longer has a PPO trainer; "
-                       "use grpo (online RL against a reward model, with reward_model naming a finished rm job)")
-        if text not in f.choices:
-            raise _Bad
-        return text
+        return _to_choice(f, value)
     if f.kind == "str":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise _Bad(f"it was read as a number, and {f.name} is text: quote it ({f.name}: \"{value}\" in YAML); "
-                       f"accepted: {f.accepted()}")
-        if not isinstance(value, str):
-            raise _Bad
-        text = value.strip()
-        if f.max_length and len(text) > f.max_length:
-            raise _Bad(f"at most {f.max_length} characters (this one has {len(text)}); "
-                       f"accepted: {f.accepted()}")
-        if f.pattern and not re.fullmatch(f.pattern, text):
-            raise _Bad
-        return text
+        return _to_text(f, value)
     if f.kind == "names":
-        names = _split_names(value)
-        if not names or any(not isinstance(n, str) or not n for n in names):
-            raise _Bad
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise _Bad(f"each {'benchmark' if f.catalog == 'benchmarks' else 'dataset'} at most once ({', '.join(duplicates)} given twice)")
-        return names
+        return _to_names(f, value)
     if f.kind == "target":
-        if isinstance(value, str) and value.strip().lower() == "all":
-            return "all"
-        names = _split_names(value)
-        bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(MODULE_PATTERN, n)]
-        if not names or bad:
-            raise _Bad(f"all, or module names such as q_proj, v_proj (letters, digits, '_' and '.')"
-                       + (f"; not a module name: {', '.join(map(repr, bad))}" if bad and names else ""))
-        if "all" in names:
-            raise _Bad("either all, or a list of module names, not both")
-        return names
+        return _to_target(f, value)
     if f.kind == "object":
-        if not isinstance(value, Mapping):
-            raise _Bad
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _Bad("an object whose keys are trainer argument names")
-            try:
-                json.dumps(item)
-            except (TypeError, ValueError):
-                raise _Bad(f"JSON values only ({key!r} is not)") from None
-            out[key] = item
-        return out
+        return _to_object(f, value)
     raise AssertionError(f.kind)
 
 
@@ -1236,10 +1341,12 @@ def _collect(mapping: Mapping) -> tuple[dict, list[FieldError], set]:
         if f is None:
             errors.append(_unknown_key_error(key, value))
             continue
-        if _is_empty(value):
-            continue  # empty means the default (docs/form.md)
+        if value is None or (f.required and _is_empty(value)):
+            continue  # empty means the default (docs/form.md); a required field left empty is refused below
         try:
-            values[key] = _convert(f, value)
+            converted = _convert(f, value)
+            if converted is not None:
+                values[key] = converted
         except _Bad as exc:
             bad.add(key)
             message = str(exc) if exc.args else f"must be {f.accepted()}"
