@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -42,6 +43,13 @@ def test_the_demo_job_teaches_the_real_model_its_new_name(tmp_path, airtune_home
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["state"] == "success"
     assert summary["train_loss_last"] < summary["train_loss_first"] - 0.5, summary
+    # the evaluate task: on the held-out identity questions the tuned answers match the references better
+    # than the base model's (ROUGE-L, as LLaMA-Factory computes it), and promote auto on rouge-l made the
+    # first version champion
+    evaluation = json.loads((Path(summary["job_dir"]) / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["samples"] == 9 and evaluation["tuned"]["rouge-l"] > evaluation["base"]["rouge-l"] + 10, evaluation
+    assert evaluation["tuned"]["eval_loss"] < evaluation["base"]["eval_loss"], evaluation
+    assert summary["champion_version"] == "1" and "first version" in summary["promotion"], summary
 
     def generate(*extra):
         proc = subprocess.run([sys.executable, "-m", "airtune.cli", "generate", "real-identity", "--prompts",
