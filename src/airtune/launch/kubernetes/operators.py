@@ -28,6 +28,7 @@ from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHo
 from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.triggers.job import KubernetesJobTrigger
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -49,6 +50,30 @@ def run_of(job: dict, resolved: dict, *, dag_id: str, run_id: str, try_number: i
         job=job["name"], dag_id=dag_id, run_id=run_id, job_dir=str(job["job_dir"]),
         mlflow_run_id=job.get("mlflow_run_id"), try_number=try_number,
     )
+
+
+def container_exit_code(pod, container: str) -> int | None:
+    """The exit code of `container` in `pod` once it has terminated, else None."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state is not None else None
+    return terminated.exit_code if terminated is not None else None
+
+
+def fail_on_config_error(exc: BaseException, pods, container: str) -> None:
+    """A failure whose pod's `container` exited EXIT_CONFIG (the trainer or evaluator refused its
+    configuration, as the local launcher's TrainingRefused): fail the task at once, without its
+    retries (pipeline.fail_now). Returns for any other failure, to be raised as it is."""
+    from airtune.launch.local import EXIT_CONFIG
+    from airtune.pipeline import fail_now
+
+    if isinstance(exc, (AirflowFailException, AirflowSkipException)):
+        return
+    refused = [p for p in pods or [] if container_exit_code(p, container) == EXIT_CONFIG]
+    if refused:
+        names = ", ".join(p.metadata.name for p in refused)
+        fail_now(f"the {container} container of pod {names} refused its configuration (exit {EXIT_CONFIG}; its "
+                 f"'[airtune] configuration error: ...' line is in the pod's log above): {str(exc).splitlines()[0]}")
 
 
 def _ti_facts(context) -> tuple[str, str, int]:
@@ -101,6 +126,15 @@ class TrainPodOperator(KubernetesPodOperator):
     def trigger_reentry(self, context, event):
         self._configure_from_context(context)
         return super().trigger_reentry(context, event)
+
+    def cleanup(self, pod, remote_pod, xcom_result=None, context=None):
+        """The provider's (public) cleanup: the pod deleted, a failed pod raised as AirflowException; a
+        train container that exited EXIT_CONFIG fails the task without retries instead."""
+        try:
+            return super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except AirflowException as exc:
+            fail_on_config_error(exc, [remote_pod], self.base_container_name)
+            raise
 
 
 class TrainJobTrigger(KubernetesJobTrigger):
@@ -266,7 +300,11 @@ class TrainJobOperator(KubernetesJobOperator):
                     self.log.warning("no log from pod %s: %s", p.metadata.name, exc)
             event["pod_names"] = []  # logged above; the provider would skip them anyway
             self._pods_for_cleanup = pods
-        return super().execute_complete(context, event, **kwargs)
+        try:
+            return super().execute_complete(context, event, **kwargs)
+        except AirflowException as exc:  # a pod whose train container exited EXIT_CONFIG: not retried
+            fail_on_config_error(exc, pods, self.base_container_name)
+            raise
 
     def _write_logs(self, pod, follow: bool = False, since_time=None) -> None:
         self.log.info("--- log of pod %s (node %s) ---", pod.metadata.name,
