@@ -495,15 +495,15 @@ class JobSpec:
     # -- section 3: advanced configuration (高级配置) --
     quantization_bit: str = _f(
         "none", section=3, kind="choice", choices=("none", "4", "8"),
-        choice_labels={"none": ("none", "不量化"), "4": ("4-bit (QLoRA)", "int4（QLoRA）"),
-                       "8": ("8-bit (QLoRA)", "int8（QLoRA）")},
+        choice_labels={"none": ("none", "不量化"), "4": ("4-bit (QLoRA)", "4位（QLoRA）"),
+                       "8": ("8-bit (QLoRA)", "8位（QLoRA）")},
         label_en="Quantization bits", label_zh="量化等级",
         help_en="Quantize the frozen base weights to 4 or 8 bits to save memory (QLoRA): only with "
                 "finetuning_method lora.",
-        help_zh="量化等级指模型参数的量化精度，可以选择int4或int8来减少模型的计算量和内存占用。选择none则不进行量化。"
+        help_zh="量化等级指模型参数的量化精度，可以选择4位或8位（4或8）来减少模型的计算量和内存占用。选择none则不进行量化。"
                 "仅用于LoRA微调方法（QLoRA）。",
         recommended_en="none, 4 or 8, by the model quality needed and the compute available",
-        recommended_zh="none, int4, int8，根据模型性能要求和计算资源选择",
+        recommended_zh="none、4或8，根据模型性能要求和计算资源选择",
     )
     quantization_method: str = _f(
         "bnb", section=3, kind="choice", choices=("bnb", "hqq", "eetq"),
@@ -519,6 +519,9 @@ class JobSpec:
     )
     rope_scaling: str = _f(
         "none", section=3, kind="choice", choices=("none", "linear", "dynamic", "yarn", "llama3"),
+        choice_labels={"none": ("none (no scaling)", "不缩放"), "linear": ("linear", "linear（线性插值）"),
+                       "dynamic": ("dynamic (dynamic NTK)", "dynamic（动态NTK）"), "yarn": ("YaRN", "yarn（YaRN）"),
+                       "llama3": ("llama3 (Llama 3.1's)", "llama3（Llama 3.1的方式）")},
         label_en="RoPE scaling", label_zh="RoPE插值方式",
         help_en="Stretches the rotary position embeddings so the model takes examples longer than its context: "
                 "factor = ceil(cutoff_len / the model's context length). Skipped (with a warning) when "
