@@ -507,9 +507,22 @@ def print_summary(s: dict) -> None:
         "",
         "See it in the UIs: `make up`, then",
         f"  Airflow  {env['AIRFLOW__API__BASE_URL']}/dags/{s['dag_id']}/runs  (login printed by make up)",
-        f"  MLflow   http://127.0.0.1:{localstack.MLFLOW_PORT}",
+        f"  MLflow   {_mlflow_link(s, f'http://127.0.0.1:{localstack.MLFLOW_PORT}')}",
     ]
     print("\n".join(lines))
+
+
+def _mlflow_link(s: dict, ui: str) -> str:
+    """The run in `make up`'s MLflow UI, in its model-training view (tracking.WORKFLOW_QUERY)."""
+    from airtune import tracking
+
+    if s.get("mlflow_run_id"):
+        try:
+            eid = tracking.client().get_run(s["mlflow_run_id"]).info.experiment_id
+            return f"{ui}/#/experiments/{eid}/runs/{s['mlflow_run_id']}{tracking.WORKFLOW_QUERY}"
+        except Exception:  # the summary is printed all the same
+            pass
+    return f"{ui}/#/experiments{tracking.WORKFLOW_QUERY}"
 
 
 def _fmt(v) -> str:

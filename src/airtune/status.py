@@ -96,7 +96,7 @@ def _mlflow(name: str) -> tuple[dict, list[dict], dict, str | None]:
         exp = c.get_experiment_by_name(tracking.experiment_name(name))
         experiment, runs = {}, []
         if exp is not None and exp.lifecycle_stage == "active":
-            experiment = {"id": exp.experiment_id, "name": exp.name, "url": f"{tracking.ui_url()}/#/experiments/{exp.experiment_id}"}
+            experiment = {"id": exp.experiment_id, "name": exp.name, "url": tracking.experiment_url(exp.experiment_id)}
             for run in c.search_runs([exp.experiment_id], max_results=100, order_by=["attributes.start_time DESC"]):
                 metrics = run.data.metrics
                 runs.append({

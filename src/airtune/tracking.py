@@ -91,12 +91,27 @@ def ui_url() -> str:
     return f"http://127.0.0.1:{localstack.MLFLOW_PORT}"
 
 
+# MLflow 3.17's UI opens an experiment in its GenAI view (runs and checkpoints shown as traces and
+# "Agent versions") unless the page's URL says otherwise: it reads `workflowType` from the query of
+# its hash route (react-router's search params, e.g. #/experiments/1/runs/abc?workflowType=...), else
+# the browser's stored choice (localStorage "mlflow.workflowType", default genai). It does not read the
+# experiment's mlflow.experimentKind tag for that today; the tag is set too (EXPERIMENT_KIND), for
+# when it does. So every MLflow link airtune shows carries the parameter.
+WORKFLOW_QUERY = "?workflowType=machine_learning"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def experiment_url(experiment_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{experiment_id}{WORKFLOW_QUERY}"
+
+
 def run_url(experiment_id: str, run_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}{WORKFLOW_QUERY}"
 
 
 def model_version_url(name: str, version: str) -> str:
-    return f"{ui_url()}/#/models/{name}/versions/{version}"
+    return f"{ui_url()}/#/models/{name}/versions/{version}{WORKFLOW_QUERY}"
 
 
 def experiment_name(job_name: str) -> str:
@@ -108,13 +123,16 @@ def _experiment_id(c, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if TAG_EXPERIMENT_KIND not in (exp.tags or {}):  # made before airtune set the kind
+            c.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     root = _local_artifact_root()
     location = None
     if root is not None:
         location = (root / name.replace("/", "_")).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location, tags={TAG_JOB: name.removeprefix("airtune/")})
+        return c.create_experiment(name, artifact_location=location,
+                                   tags={TAG_JOB: name.removeprefix("airtune/"), TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except Exception:  # created meanwhile by a parallel task
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -198,7 +198,11 @@ def test_status_and_list_from_mlflow(home, tiny_model_dir):
     assert r["state"] == "running" and r["mlflow_run_id"] == run_id
     assert r["metrics"] == {"loss": 6.5, "learning_rate": 2e-4}
     assert r["airflow_url"] == "http://airflow.example/dags/airtune_finetune/runs/manual__7"
-    assert r["mlflow_url"].startswith("http://mlflow.example/#/experiments/") and r["mlflow_url"].endswith(run_id)
+    # the model-training view of MLflow's UI (tracking.WORKFLOW_QUERY), and the experiment's kind tag
+    exp_id = tracking.client().get_run(run_id).info.experiment_id
+    assert r["mlflow_url"] == f"http://mlflow.example/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+    assert info["experiment"]["url"] == f"http://mlflow.example/#/experiments/{exp_id}?workflowType=machine_learning"
+    assert tracking.client().get_experiment(exp_id).tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
     text = status.format_status(info)
     assert "step 30 of 120 (25%), about 10m00s left" in text
     assert "loss 6.5" in text and "learning_rate 0.0002" in text
