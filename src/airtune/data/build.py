@@ -589,7 +589,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         if name == "validation" and examples_per_split[name] == 0:
             continue
         ds = _to_dataset(c)
-        ds.save_to_disk(str(tmp / name))
+        _save_quietly(ds, tmp / name)
         rows[name] = len(ds)
         tokens[name], label_tokens[name] = _count_tokens(c, stage)
         longest[name] = longest_row_tokens(c, stage)
@@ -667,3 +667,19 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         "processes": timings.pop("processes", 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _save_quietly(ds, folder: Path) -> None:
+    """save_to_disk without datasets' "Saving the dataset (0/1 shards)" tqdm bar: it goes to stderr,
+    which Airflow's task log shows as an ERROR line in every successful prepare_dataset (datasets' own
+    switch, restored afterwards: the prepare step runs in processes that other code shares)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(folder))
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+

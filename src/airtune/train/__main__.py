@@ -100,6 +100,9 @@ def _main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     metrics_file = Path(os.environ.get("AIRTUNE_METRICS_FILE") or output.parent / "metrics.jsonl")
 
+    from airtune.train.quiet import quiet_libraries
+
+    quiet_libraries()  # before transformers (and with it deepspeed, bitsandbytes, peft) is imported
     from transformers import PrinterCallback, set_seed
 
     from airtune.train.args import map_spec
