@@ -68,6 +68,9 @@ def _with_eval_data(resolved: dict, eval_datasets: list[str], benchmarks: list[s
     out["spec"].update(eval_dataset=checked["spec"]["eval_dataset"], eval_benchmarks=checked["spec"]["eval_benchmarks"],
                        eval_max_samples=checked["spec"]["eval_max_samples"], val_size=checked["spec"]["val_size"])
     out["eval_datasets"], out["benchmarks"] = checked["eval_datasets"], checked["benchmarks"]
+    if eval_datasets:
+        # only the held-out data matters here: the training rows are not prepared again (they may be many)
+        out["datasets"] = out["eval_datasets"]
     return out
 
 

@@ -76,3 +76,38 @@ def test_auto_promotes_only_a_better_version_and_never_does_not(sqlite_server, p
     # best: the lowest eval loss on the same data, whichever version holds champion
     losses = {v: float(c.get_model_version("promo", v).tags["eval_loss"]) for v in ("1", "2", "3")}
     assert _aliases(c)["best"] == min(losses, key=losses.get)
+
+
+def test_airtune_evaluate_rescores_a_version_on_another_dataset(sqlite_server, prepared, tiny_model_dir, tmp_path, monkeypatch):
+    """`airtune evaluate NAME --version 1 --eval-dataset identity`: the version's figures are replaced by
+    ones measured on the catalog's identity data (recorded as such), and its run gets the files."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_server.url)
+    workspace = tmp_path / "workspace"
+    monkeypatch.setenv("AIRTUNE_WORKSPACE", str(workspace))
+    monkeypatch.setenv("AIRTUNE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "tiny-llama-dev").symlink_to(tiny_model_dir)
+    c = tracking.client()
+    first = _run(workspace, prepared, sqlite_server.url, "re", model=tiny_model_dir, promote="never")
+    before = c.get_model_version("promo", first["model_version"]).tags
+    out = subprocess.run([sys.executable, "-m", "airtune.cli", "evaluate", "promo", "--version", first["model_version"],
+                          "--eval-dataset", "identity", "--max-samples", "3", "--json"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["evaluated_on"] == "identity" and result["version"] == first["model_version"]
+    ev = json.loads((Path(result["folder"]) / "evaluation.json").read_text())
+    assert ev["samples"] == 3 and set(ev["tuned"]) >= {"eval_loss", "rouge-l"}
+    after = c.get_model_version("promo", first["model_version"]).tags
+    assert after["eval.evaluated_on"] == "identity"
+    assert float(after["eval.tuned.eval_loss"]) == pytest.approx(ev["tuned"]["eval_loss"], rel=1e-5)
+    assert after["eval.tuned.eval_loss"] != before["eval.tuned.eval_loss"]  # other data, other figure
+    names = {a.path for a in c.list_artifacts(first["mlflow_run_id"], "evaluation")}
+    assert any(n.startswith("evaluation/2") for n in names), names  # evaluation/<time>/ beside the task's own
+
+    bad = subprocess.run([sys.executable, "-m", "airtune.cli", "evaluate", "promo", "--eval-dataset", "nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "eval_dataset" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
