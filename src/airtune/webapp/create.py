@@ -156,7 +156,10 @@ def choices(lang: str = "en", catalog=None) -> dict:
     out: dict[str, Any] = {}
     for f in FIELDS:
         if f.catalog and f.catalog != "gpu_types":
-            values, labels = form._catalog_choices(catalog, f, lang)
+            try:
+                values, labels = form._catalog_choices(catalog, f, lang)
+            except AssertionError:  # a catalog the form does not list (a text field then)
+                continue
             out[f.name] = [{"value": v, "label": labels.get(v, v)} for v in values]
         elif f.choices:
             out[f.name] = [{"value": c, "label": (f.choice_labels[c][1] if lang == "zh" else f.choice_labels[c][0])
@@ -364,12 +367,16 @@ def preview(values: Mapping, rows: int = PREVIEW_ROWS, *, catalog=None, timeout:
         return {**result, "cached": False}
 
 
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "airtune.webapp.preview_worker"]
+
+
 def _run_worker(resolved: dict, rows: int, timeout: float) -> dict:
     import signal
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     started = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "airtune.webapp.preview_worker"], env=env, stdin=subprocess.PIPE,
+    p = subprocess.Popen(worker_command(), env=env, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = p.communicate(json.dumps({"resolved": resolved, "rows": rows}), timeout=timeout)

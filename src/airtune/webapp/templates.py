@@ -67,6 +67,7 @@ button.primary { background: var(--accent); color: #fff; border: 0; border-radiu
 button.primary:disabled { background: #8cc4f7; cursor: progress; }
 .answer { white-space: pre-wrap; word-break: break-word; background: var(--head); border-radius: 4px; padding: 8px 10px; margin-top: 8px; }
 .answer.errors { background: #fff5f5; }
+a.newjob { display: inline-block; background: var(--accent); color: #fff; border-radius: 4px; padding: 6px 14px; font-weight: 600; }
 """
 
 LAYOUT = """<!doctype html>
@@ -79,6 +80,7 @@ JOBS = """{% extends "layout.html" %}
 {% block title %}Fine-tuning jobs · airtune{% endblock %}
 {% block body %}
 <h1>Fine-tuning jobs</h1>
+<p><a class="newjob" id="new-job" href="{{ base }}/jobs/new">+ New job</a></p>
 <p class="muted">Each job is one run of <code>airtune_finetune</code> (or of a retraining DAG). Start one from Airflow's trigger form or the REST API.</p>
 {% if not jobs %}<p id="no-jobs">No jobs yet.</p>{% else %}
 <table id="jobs">
