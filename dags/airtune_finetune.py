@@ -30,7 +30,7 @@ from airflow.sdk import dag
 # once, before it forks a parser per file (parsing_pre_import_modules): hence this line.
 import airflow.providers.cncf.kubernetes.operators.job  # noqa: F401, E402
 
-from airtune import form, job_graph
+from airtune import form, job_graph, notify
 
 DAG_ID = "airtune_finetune"
 
@@ -46,6 +46,9 @@ DAG_ID = "airtune_finetune"
     tags=["airtune", "fine-tuning"],
     default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     max_active_tasks=8,
+    # the run's `notify` connections are told how it ended (one callback: notify is per run, docs/notifications.md)
+    on_success_callback=notify.dag_callback(),
+    on_failure_callback=notify.dag_callback(),
 )
 def airtune_finetune():
     # The graph is airtune.job_graph's, shared with the retraining DAGs (dags/airtune_retrain.py).

@@ -26,7 +26,7 @@ from airflow.sdk import dag, task
 # As in airtune_finetune.py: the DAG processor pre-imports the `airflow.*` modules a DAG file names.
 import airflow.providers.cncf.kubernetes.operators.job  # noqa: F401, E402
 
-from airtune import job_graph, pools, retrain
+from airtune import job_graph, notify, pools, retrain
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def _retrain_dag(job: retrain.RetrainJob):
         tags=["airtune", "retraining"],
         default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
         max_active_tasks=8,
+        # the job's `notify` connections are told how each run ended (docs/notifications.md)
+        on_success_callback=notify.dag_callback(job.mapping),
+        on_failure_callback=notify.dag_callback(job.mapping),
     )
     def retraining():
         job_graph.build_job_graph(job=job.mapping, train_pool=train_pool)

@@ -147,7 +147,7 @@ BAD = [
     ("export_merged", "x"), ("min_lr_rate", 1), ("min_lr_rate", 0), ("decay_ratio", 1), ("decay_ratio", 0),
     ("eval_dataset", ["nope"]), ("eval_dataset", ["identity", "identity"]), ("eval_max_samples", -1),
     ("eval_benchmarks", ["mmlu"]), ("promote", "always"), ("promote_metric", "accuracy"),
-    ("promote_metric", "benchmark:"), ("promote_timeout_hours", 0),
+    ("promote_metric", "benchmark:"), ("promote_timeout_hours", 0), ("notify", ["team mail"]),
 ]
 
 

@@ -87,7 +87,7 @@ TRAINER_VIEW = {
     "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
     "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
     "eval_dataset": None, "eval_max_samples": 50, "eval_benchmarks": None, "promote": "never",
-    "promote_metric": "eval_loss", "promote_timeout_hours": None,
+    "promote_metric": "eval_loss", "promote_timeout_hours": None, "notify": None,
 }
 
 

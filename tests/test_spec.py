@@ -35,7 +35,8 @@ FORM_KEYS = {
     4: ["lora_target", "use_dora", "use_rslora", "freeze_trainable_layers", "pref_loss", "pref_beta", "packing",
         "train_on_prompt", "mask_history", "skip_bad_rows", "save_total_limit", "export_merged", "min_lr_rate",
         "decay_ratio"],
-    5: ["eval_dataset", "eval_max_samples", "eval_benchmarks", "promote", "promote_metric", "promote_timeout_hours"],
+    5: ["eval_dataset", "eval_max_samples", "eval_benchmarks", "promote", "promote_metric", "promote_timeout_hours",
+        "notify"],
 }
 
 # The defaults docs/form.md gives (None: empty, filled in by resolve where the option applies).
@@ -52,7 +53,7 @@ FORM_DEFAULTS = {
     "packing": None, "train_on_prompt": False, "mask_history": False, "skip_bad_rows": False, "save_total_limit": 3,
     "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
     "eval_dataset": None, "eval_max_samples": 50, "eval_benchmarks": None, "promote": None,
-    "promote_metric": "eval_loss", "promote_timeout_hours": None,
+    "promote_metric": "eval_loss", "promote_timeout_hours": None, "notify": None,
 }
 
 

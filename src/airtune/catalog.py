@@ -106,6 +106,7 @@ class Location:
     image: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     kubernetes: KubernetesSettings | None = None  # kind kubernetes: its settings, checked, defaults filled in
+    notify: tuple[str, ...] = ()  # Airflow connections notified for a job here that names none (docs/notifications.md)
 
     @property
     def is_local(self) -> bool:
@@ -308,7 +309,7 @@ def _read_json(path: Path) -> dict:
 # reads `kubernetes_settings` of the location record in the resolved spec, which is this entry.
 
 LOCATION_KINDS = ("local", "kubernetes")
-LOCAL_KEYS = ("kind", "gpu_quota", "gpu_types")
+LOCAL_KEYS = ("kind", "gpu_quota", "gpu_types", "notify")
 KUBERNETES_KEYS = (
     *LOCAL_KEYS, "connection_id", "namespace", "image", "image_pull_policy", "service_account", "image_pull_secrets",
     "priority_class", "tolerations", "node_selector", "storage", "secrets", "kueue_queue", "mlflow_tracking_uri",
@@ -432,7 +433,23 @@ def location_entry(name: str, loc) -> Location:
         image=loc.get("image"),
         raw=loc,
         kubernetes=kubernetes_settings(name, loc) if kind == "kubernetes" else None,
+        notify=_notify_ids(name, loc.get("notify")),
     )
+
+
+def _notify_ids(name: str, value) -> tuple[str, ...]:
+    """A location's default `notify`: Airflow connection ids, as a job's notify field takes them."""
+    import re
+
+    from airtune.spec import CONN_ID_PATTERN
+
+    if value in (None, [], ""):
+        return ()
+    ids = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(ids, list) or not all(isinstance(i, str) and re.search(CONN_ID_PATTERN, i) for i in ids):
+        raise LocationError(f"locations.yaml: {name}: notify: {value!r}; accepted: a list of Airflow connection ids "
+                            "(letters, digits, '_', '.' and '-')")
+    return tuple(dict.fromkeys(ids))
 
 
 def kubernetes_settings(name: str, raw: dict) -> KubernetesSettings:

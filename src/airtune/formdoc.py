@@ -119,6 +119,10 @@ CHECKED_BY_VALIDATE: dict[str, tuple[str, ...]] = {
     "eval_benchmarks": ("A name that is not in `configs/benchmarks.yaml`, or whose files do not exist: error.",),
     "promote": ("`approve` under `airtune run` (the embedded default) needs the stack of `make up` running: "
                 "its api-server records the answer. Refused otherwise, saying so.",),
+    "notify": ("Each id must be an Airflow connection of type `smtp`, `apprise` or `http` (a notifier provider's); an "
+               "unknown connection, another type, or an `smtp` connection without recipients (its extra's `to`): "
+               "error, naming the connection. Empty: the location's `notify` in `configs/locations.yaml`, checked "
+               "the same way. See [notifications.md](notifications.md).",),
     "extra_args": ("Each key must be a field of the stage's TRL config (`SFTConfig`, `DPOConfig`, ...): an "
                    "unknown key is refused, naming it.",),
 }

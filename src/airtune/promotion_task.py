@@ -9,6 +9,9 @@ UI's Required Actions) and its timeout come from the job, which is known only wh
 No answer within `promote_timeout_hours`: Airflow's scheduler applies the default, Reject.
 Answered in the UI, or with `PATCH /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/approve/-1/hitlDetails`
 and `{"chosen_options": ["Approve"]}` (the official client's `TaskInstanceApi.update_hitl_detail`).
+The job's `notify` connections are told that an approval waits: `execute` builds the operator's own
+`notifiers` from them (airtune.notify), which HITLOperator calls before it waits; the message links
+to the Required Actions page and the job's page.
 """
 
 from __future__ import annotations
@@ -39,9 +42,17 @@ class PromotionApproval(HITLOperator):
         self.subject = f"Promote {spec['name']} version {job.get('model_version')} to champion?"
         self.body = pipeline.comparison_markdown(job)
         self.response_timeout = timedelta(hours=float(spec.get("promote_timeout_hours") or 24))
+        self.notifiers = self._notifiers(job, spec, context)
         self.log.info("waiting for an answer (Approve / Reject) for at most %s; Required Actions: %s",
                       self.response_timeout, self._link(context))
         return super().execute(context)
+
+    def _notifiers(self, job, spec, context) -> list:
+        """The job's notify connections, each as its provider's notifier: an approval waits."""
+        from airtune import notify
+
+        link = self._link(context)
+        return notify.approval_notifiers(job, spec, link if "://" in link else None)
 
     def _link(self, context) -> str:
         try:

@@ -390,6 +390,16 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
             refuse("eval_benchmarks", f"its file {missing[0]} does not exist (configs/benchmarks.yaml)", value=name)
         benchmarks.append({"name": bench.name, "files": [str(f) for f in bench.files], "lang": bench.lang})
 
+    # -- notify: Airflow connections of a notifier provider's type; empty: the location's (docs/notifications.md) --
+    notify_ids = list(v["notify"] or (location.notify if location else ()))
+    from_location = bool(notify_ids) and not v["notify"]
+    if notify_ids and "notify" not in skip:
+        from airtune import notify as notifying
+
+        for conn_id, problem in notifying.check_connections(notify_ids):
+            refuse("notify", problem + (f" (the default notify of location {location.name})" if from_location else ""),
+                   value=conn_id)
+
     # -- earlier jobs: parent_job, reward_model --
     lookup = jobs
     if lookup is None and (v["parent_job"] or v["reward_model"]):
@@ -550,6 +560,7 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     out["packing"] = (v["packing"] if v["packing"] is not None else stage == "pt") if stage in ("pt", "sft") else False
     for name in ("train_on_prompt", "mask_history"):
         out[name] = bool(v[name]) if stage == "sft" else None
+    out["notify"] = notify_ids or None
     out["promote"] = v["promote"] or "never"
     out["promote_timeout_hours"] = ((v["promote_timeout_hours"] or APPLIED_DEFAULTS["promote_timeout_hours"])
                                     if out["promote"] == "approve" else None)

@@ -108,6 +108,9 @@ LORA_TARGET_TEXT_PATTERN = r"^\s*(all|" + _MODULE_TOKEN + r"(\s*,\s*" + _MODULE_
 # promote_metric: a metric the evaluate task computes, or a benchmark's overall accuracy.
 PROMOTE_METRIC_PATTERN = r"^(eval_loss|rouge-1|rouge-2|rouge-l|bleu-4|reward_accuracy|benchmark:[A-Za-z0-9_.-]+)" + _END
 PROMOTE_METRICS = ("eval_loss", "rouge-1", "rouge-2", "rouge-l", "bleu-4", "reward_accuracy")
+# notify: Airflow connection ids (Airflow's own rule: letters, digits, '_', '.', '-').
+CONN_ID_TOKEN = r"[A-Za-z0-9_.\-]+"
+CONN_ID_PATTERN = "^" + CONN_ID_TOKEN + _END
 
 
 def names_text_pattern(token: str = r"[^,\s]+") -> str:
@@ -775,6 +778,19 @@ class JobSpec:
         help_en="With promote approve: hours to wait for an answer; no answer by then counts as a rejection.",
         help_zh="仅用于 approve：等待审批的小时数，超时未答复视为拒绝。",
     )
+    notify: list[str] | None = _f(
+        section=5, kind="names", pattern=CONN_ID_PATTERN,
+        default_en="empty (the location's notify connections, if it names any)",
+        default_zh="留空（使用运行位置设置的通知连接，如有）",
+        label_en="Notify", label_zh="通知",
+        help_en="Airflow connections told when the job succeeds, fails or waits for approval, each of a notifier "
+                "provider's type: smtp (e-mail; the recipients are in the connection's extra, {\"to\": [...]}), "
+                "apprise (chat services) or http (a webhook: a JSON POST). The message links to the job's page "
+                "and carries no secret.",
+        help_zh="任务成功、失败或等待审批时通知的 Airflow 连接，类型须为通知组件支持的类型：smtp（邮件，收件人写在连接的 "
+                "extra 中：{\"to\": [...]}）、apprise（各类聊天服务）或 http（webhook，发送 JSON POST）。消息附任务页面链接，"
+                "不含任何密钥。",
+    )
 
     def to_dict(self) -> dict:
         """Every key, JSON-able (lists for dataset / lora_target, a copy of extra_args)."""
@@ -861,6 +877,10 @@ class FieldInfo:
             return (("以下之一：" if zh else "one of: ") + ", ".join(self.choices)) + also + empty
         if self.kind == "bool":
             return "true 或 false" if zh else "true or false"
+        if self.kind == "names" and self.pattern == CONN_ID_PATTERN:
+            return ("一个或多个 Airflow 连接 ID（字母、数字、“_”、“.”、“-”；列表，或以逗号分隔）" if zh else
+                    "one or more Airflow connection ids (letters, digits, '_', '.' and '-'; a list, or separated "
+                    "by commas)") + empty
         if self.kind == "names":
             return "一个或多个数据集名称（列表，或以逗号分隔）" if zh else "one or more dataset names (a list, or separated by commas)"
         if self.kind == "target":
@@ -964,9 +984,9 @@ def param_schema(field_name: str) -> dict:
     schema: dict[str, Any]
     if f.kind == "names":
         # The form shows a multi-select (an array); YAML files and REST calls may also give "a, b".
-        schema = {"type": ["array", "string"], "items": {"type": "string", "pattern": NAME_PATTERN},
+        schema = {"type": ["array", "string"], "items": {"type": "string", "pattern": f.pattern or NAME_PATTERN},
                   "minItems": 1 if f.required else 0,  # an optional multi-select left empty sends []
-                  "uniqueItems": True, "pattern": NAMES_TEXT_PATTERN}
+                  "uniqueItems": True, "pattern": _names_text_pattern(f)}
     elif f.kind == "target":
         schema = {"type": ["string", "array"], "pattern": LORA_TARGET_TEXT_PATTERN,
                   "items": {"type": "string", "pattern": MODULE_PATTERN, "not": {"pattern": ALL_ANY_CASE_PATTERN}}}
@@ -1099,25 +1119,32 @@ def _to_choice(f: FieldInfo, value: Any) -> str:
     raise _Bad
 
 
+def _names_text_pattern(f: FieldInfo) -> str:
+    """A names field as text: its items' token (a connection id for notify, a catalog name otherwise)."""
+    return names_text_pattern(CONN_ID_TOKEN) if f.pattern == CONN_ID_PATTERN else NAMES_TEXT_PATTERN
+
+
 def _to_names(f: FieldInfo, value: Any) -> list | None:
-    what = "benchmark" if f.catalog == "benchmarks" else "dataset"
+    what = {"benchmarks": "benchmark", "datasets": "dataset"}.get(f.catalog or "", "connection")
+    item_pattern = f.pattern or NAME_PATTERN
     if isinstance(value, str):
         names = [part.strip() for part in value.split(",")]
     elif isinstance(value, (list, tuple)):
         if not value:
             return None  # an optional multi-select left empty: the default
         names = list(value)
-        bad = [n for n in names if not isinstance(n, str) or not re.search(NAME_PATTERN, n)]
+        bad = [n for n in names if not isinstance(n, str) or not re.search(item_pattern, n)]
         if bad:
-            spaced = [n for n in bad if isinstance(n, str) and re.search(NAME_PATTERN, n.strip())]
-            raise _Bad(f"must be {f.accepted()}; each {what} name as the catalog spells it"
+            spaced = [n for n in bad if isinstance(n, str) and re.search(item_pattern, n.strip())]
+            spelled = "as the catalog spells it" if f.catalog else "as Airflow's connections list spells it"
+            raise _Bad(f"must be {f.accepted()}; each {what} name {spelled}"
                        + (f", without spaces around it ({spaced[0].strip()!r})" if spaced else ""))
     else:
         raise _Bad
     duplicates = sorted({n for n in names if isinstance(n, str) and n and names.count(n) > 1})
     if duplicates:
         raise _Bad(f"each {what} at most once ({', '.join(duplicates)} given twice)")
-    if isinstance(value, str) and not re.search(NAMES_TEXT_PATTERN, value):
+    if isinstance(value, str) and not re.search(_names_text_pattern(f), value):
         raise _Bad
     return names
 
