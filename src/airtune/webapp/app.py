@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airtune.webapp import data, templates
+from airtune.webapp import data, i18n, templates
 
 ICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2">'
@@ -33,6 +33,11 @@ def _requires(method: str):
 
 def _base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
+
+
+def _lang(request: Request) -> str:
+    """The page's language: the form's setting, else the browser's (i18n.page_lang)."""
+    return i18n.page_lang(request.headers.get("accept-language"))
 
 
 def _same_origin(request: Request, what: str = "delete") -> None:
@@ -54,7 +59,8 @@ def create_app() -> FastAPI:
 
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
         if wants_html:
-            return HTMLResponse(templates.render("error.html", base=_base(request), status=exc.status_code, message=str(exc.detail)),
+            return HTMLResponse(templates.render("error.html", lang=_lang(request), base=_base(request), status=exc.status_code,
+                                                 message=str(exc.detail)),
                                 status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -96,9 +102,18 @@ def create_app() -> FastAPI:
         return {"state": found["state"], "tasks": data.task_instances(found["dag_id"], run), "log": log,
                 "duration_s": data.duration_seconds(found["start"], found["end"], found["state"])}
 
+    @app.get("/api/jobs/{name}/monitor", dependencies=read)
+    def api_monitor(request: Request, name: str, run: str):
+        """The monitoring charts (查看监控) of one run: loss, learning rate, tokens/s by step; CPU, memory,
+        GPU utilisation and GPU memory per node over time; from the MLflow run's metric histories."""
+        try:
+            return data.monitor(name, run, _lang(request))
+        except data.NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
     @app.get("/jobs", dependencies=read, response_class=HTMLResponse)
     def jobs_page(request: Request):
-        return templates.render("jobs.html", base=_base(request), jobs=data.job_rows())
+        return templates.render("jobs.html", lang=_lang(request), base=_base(request), jobs=data.job_rows())
 
     @app.get("/jobs/{name}", dependencies=read, response_class=HTMLResponse)
     def job_page(request: Request, name: str, run: str | None = None):
@@ -106,7 +121,7 @@ def create_app() -> FastAPI:
             detail = data.job_detail(name, run)
         except data.NotFound as exc:
             raise HTTPException(404, str(exc)) from None
-        return templates.render("job.html", base=_base(request), job=detail)
+        return templates.render("job.html", lang=_lang(request), base=_base(request), job=detail)
 
     @app.get("/jobs/{name}/curves.png", dependencies=read)
     def curves(name: str, run: str):
@@ -141,9 +156,9 @@ def create_app() -> FastAPI:
     def delete(request: Request, name: str, confirm: Annotated[str, Form()] = "", force: Annotated[bool, Form()] = False):
         _same_origin(request)
         if confirm.strip() != name:
-            raise HTTPException(400, f"delete: type the job's name ({name}) to confirm; got {confirm.strip()!r}; nothing deleted")
+            raise HTTPException(400, i18n.text(_lang(request), "delete.confirm_mismatch", name=name, got=repr(confirm.strip())))
         code, out, err = data.delete(name, force=force)
-        page = templates.render("deleted.html", base=_base(request), name=name, ok=code == 0,
+        page = templates.render("deleted.html", lang=_lang(request), base=_base(request), name=name, ok=code == 0,
                                 lines=[line for line in out.splitlines() if line.strip()], error=err.strip())
         return HTMLResponse(page, status_code=200 if code == 0 else 409)
 

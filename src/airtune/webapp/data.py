@@ -580,3 +580,98 @@ def _run_generate(name: str, version: str, prompt: str, max_new_tokens: int) -> 
         raise TryError(500, "the model process printed no answer" + (f": {_error_line(err, 0)}" if err.strip() else ""))
     return {"answer": str(row["answer"]), "version": str(row.get("version") or version), "tokens": row.get("tokens"),
             "stopped": row.get("stopped"), "seconds": seconds}
+
+
+# --- monitoring (查看监控): the run's metric histories in MLflow ------------------------------------
+
+MONITOR_POINTS = 300  # at most this many points a series (evenly thinned, the newest kept)
+TRAINING_CHARTS = (("loss", ("loss", "eval_loss")), ("learning_rate", ("learning_rate",)),
+                   ("tokens_per_second", ("tokens_per_second",)))
+# MLflow's system-metrics monitor, with airtune's node names (tracking_callback.SystemMonitor):
+# system/<node>/cpu_utilization_percentage, system_memory_usage_megabytes, gpu_<i>_utilization_percentage,
+# gpu_<i>_memory_usage_megabytes
+SYSTEM_KEY = re.compile(r"^system/(?P<node>[^/]+)/(?P<metric>cpu_utilization_percentage|system_memory_usage_megabytes|"
+                        r"gpu_(?P<gpu>\d+)_(?:utilization_percentage|memory_usage_megabytes))$")
+
+
+def _thin(points: list, most: int = MONITOR_POINTS) -> list:
+    if len(points) <= most:
+        return points
+    step = len(points) / most
+    out = [points[int(i * step)] for i in range(most - 1)]
+    return out + [points[-1]]
+
+
+def _find_mlflow_run(c, name: str, run_id: str):
+    from airtune import tracking
+
+    exp = c.get_experiment_by_name(tracking.experiment_name(name))
+    if exp is None or exp.lifecycle_stage != "active":
+        raise NotFound(f"job {name!r} has no experiment in MLflow")
+    if "'" in run_id or "\\" in run_id:
+        raise NotFound(f"job {name!r} has no run {run_id!r}")
+    found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.TAG_RUN_ID}` = '{run_id}'",
+                          max_results=1, order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def monitor(name: str, run_id: str, lang: str = "en") -> dict:
+    """The monitoring charts of one run: loss (and eval loss), learning rate and tokens/s by step, and
+    per node CPU, memory, GPU utilisation and GPU memory over the run's time, from MLflow's histories.
+
+    Returns {mlflow_run_id, status, charts: [{id, kind, node, title, unit, x, ymax, series: [{name,
+    label, points: [[x, y], ...]}]}], notes: [...]}; a run MLflow has not heard of yet: no charts.
+    """
+    from airtune import tracking
+    from airtune.webapp import i18n
+
+    c = tracking.client()
+    run = _find_mlflow_run(c, name, run_id)
+    if run is None:
+        return {"mlflow_run_id": None, "status": None, "charts": [], "notes": [i18n.text(lang, "monitor.no_run")]}
+    keys = set(run.data.metrics)
+    start_ms = run.info.start_time or 0
+
+    wanted = [k for _, ks in TRAINING_CHARTS for k in ks if k in keys] + sorted(k for k in keys if SYSTEM_KEY.match(k))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        histories = dict(zip(wanted, pool.map(lambda k: c.get_metric_history(run.info.run_id, k), wanted)))
+
+    def by_step(key):
+        pts = {}
+        for m in histories.get(key, []):
+            pts[m.step] = m.value  # a retry logs a step again: its newest value
+        return _thin([[s, pts[s]] for s in sorted(pts)])
+
+    def by_time(key):
+        ms = sorted(histories.get(key, []), key=lambda m: m.timestamp)
+        return _thin([[round((m.timestamp - start_ms) / 1000, 1), m.value] for m in ms])
+
+    charts = []
+    for kind, ks in TRAINING_CHARTS:
+        series = [{"name": k, "label": i18n.text(lang, f"series.{k}") if f"series.{k}" in i18n.MESSAGES else k,
+                   "points": by_step(k)} for k in ks if k in histories]
+        if series:
+            charts.append({"id": kind, "kind": kind, "node": None, "title": i18n.text(lang, f"chart.{kind}"),
+                           "unit": "tok/s" if kind == "tokens_per_second" else "", "x": "step", "ymax": None, "series": series})
+
+    nodes: dict[str, dict[str, list]] = {}
+    for k in sorted(histories):
+        m = SYSTEM_KEY.match(k)
+        if not m:
+            continue
+        metric, gpu = m["metric"], m["gpu"]
+        kind = ("cpu" if metric.startswith("cpu") else "memory" if metric.startswith("system_memory")
+                else "gpu_util" if metric.endswith("utilization_percentage") else "gpu_memory")
+        label = i18n.text(lang, "series.gpu", i=gpu) if gpu is not None else m["node"]
+        nodes.setdefault(m["node"], {}).setdefault(kind, []).append({"name": k, "label": label, "points": by_time(k)})
+    notes = []
+    units = {"cpu": "%", "memory": "MB", "gpu_util": "%", "gpu_memory": "MB"}
+    for node in sorted(nodes):
+        for kind in ("cpu", "memory", "gpu_util", "gpu_memory"):
+            series = sorted(nodes[node].get(kind, []), key=lambda s: s["name"])
+            if series:
+                charts.append({"id": f"{node}-{kind}", "kind": kind, "node": node, "title": i18n.text(lang, f"chart.{kind}", node=node),
+                               "unit": units[kind], "x": "time", "ymax": 100 if units[kind] == "%" else None, "series": series})
+        if "gpu_util" not in nodes[node] and "gpu_memory" not in nodes[node]:
+            notes.append(i18n.text(lang, "monitor.no_gpu", node=node))
+    return {"mlflow_run_id": run.info.run_id, "status": run.info.status, "charts": charts, "notes": notes}
