@@ -19,7 +19,7 @@ UI = {
         "cpu": "trains on the CPU: no GPU memory to check", "steps": "Steps per epoch", "total_steps": "Optimizer steps in all",
         "tokens": "Tokens per epoch", "trained_tokens": "of which trained (answers)", "time": "Training time (estimate)",
         "needs_preview": "after the dataset preview", "preview": "Dataset preview", "preview_button": "Preview the data",
-        "preview_note": "The first rows of the training split, as the data step prepares them (the same code and cache as prepare_dataset): grey is the prompt, masked from the loss; green is what the model is trained to answer.",
+        "preview_note": "The first rows of the training split, as the data step prepares them (the same code and cache as prepare_dataset; it follows the form once the job has no errors): grey is the prompt, masked from the loss; green is what the model is trained to answer.",
         "lengths": "Token lengths of every row before truncation (cutoff_len {c})", "truncated": "truncated to cutoff_len",
         "dropped": "dropped (nothing left to train on)", "rejected": "rejected (failed their checks)", "rows_used": "training rows",
         "errors": "{n} error(s): fix them to start the job", "checking": "checking…", "ok": "no errors",
@@ -36,7 +36,7 @@ UI = {
         "cpu": "在CPU上训练：无需检查显存", "steps": "每轮步数", "total_steps": "总优化步数",
         "tokens": "每轮token数", "trained_tokens": "其中参与训练的（回答）", "time": "训练时长（估算）",
         "needs_preview": "数据预览之后显示", "preview": "数据预览", "preview_button": "预览数据",
-        "preview_note": "训练集的前几行，与数据准备步骤相同的代码和缓存：灰色为提示词（不计入损失），绿色为模型学习回答的部分。",
+        "preview_note": "训练集的前几行，与数据准备步骤相同的代码和缓存（任务没有错误后随表单自动更新）：灰色为提示词（不计入损失），绿色为模型学习回答的部分。",
         "lengths": "每行截断前的token长度（截断长度 {c}）", "truncated": "被截断到截断长度",
         "dropped": "被丢弃（没有可训练的内容）", "rejected": "被拒绝（未通过检查）", "rows_used": "训练行数",
         "errors": "{n} 个错误：改正后才能创建任务", "checking": "检查中…", "ok": "没有错误",
@@ -236,6 +236,16 @@ async function check() {
   $('check-status').textContent = lastCheck.ok ? T.ok : T.errors.replace('{n}', lastCheck.errors.length);
   $('check-status').className = lastCheck.ok ? 'verdict-yes' : 'errors';
   setFieldErrors(lastCheck); renderMemory(lastCheck); renderAuto(lastCheck); updateSubmit();
+  maybePreview();
+}
+// The preview follows the form: once the job checks out, again whenever a value changes (the server
+// answers from its cache unless the data, template, tokenizer or the figures' values changed).
+let previewing = false, previewKey = null;
+function maybePreview() {
+  if (!lastCheck || !lastCheck.ok || previewing) return;
+  const v = values(); delete v.name;
+  const key = JSON.stringify(v);
+  if (key !== previewKey) { previewKey = key; preview(); }
 }
 function schedule() { clearTimeout(timer); timer = setTimeout(check, 250); }
 document.getElementById('wizard').addEventListener('input', schedule);
@@ -259,7 +269,7 @@ function renderPreview(p) {
     `<div id="preview-rows">${rows}</div>`;
 }
 async function preview() {
-  $('preview-status').textContent = T.preview_running; $('preview-button').disabled = true;
+  previewing = true; $('preview-status').textContent = T.preview_running; $('preview-button').disabled = true;
   try {
     const r = await fetch(`${base}/api/jobs/preview`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
       body: JSON.stringify({values: values()})});
@@ -270,7 +280,7 @@ async function preview() {
       $('preview-status').textContent = ''; }
     else { lastPreview = body; $('preview').innerHTML = renderPreview(body);
       $('preview-status').textContent = `${body.cached ? 'cached' : body.seconds + ' s'}`; }
-  } finally { $('preview-button').disabled = false; renderFigures(); updateSubmit(); }
+  } finally { previewing = false; $('preview-button').disabled = false; renderFigures(); updateSubmit(); maybePreview(); }
 }
 $('preview-button').addEventListener('click', preview);
 
