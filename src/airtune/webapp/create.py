@@ -441,6 +441,8 @@ def submit(values: Mapping, *, api_url: str, token: str, lang: str = "en", catal
 
 def sections(lang: str = "en") -> list[dict]:
     """The wizard's steps: sections 1-3, then 4 and 5 collapsed under the last step."""
+    from airtune import form
+
     out = []
     for s in SECTIONS:
         fields = []
@@ -450,6 +452,7 @@ def sections(lang: str = "en") -> list[dict]:
             fields.append({"name": f.name, "kind": f.kind, "label": f.label(lang), "help": f.help(lang),
                            "required": f.required, "default": f.default, "catalog": f.catalog,
                            "choices": list(f.choices), "min": f.ge if f.ge is not None else f.gt,
-                           "max": f.le if f.le is not None else f.lt, "used_with": f.used_with})
+                           "max": f.le if f.le is not None else f.lt, "used_with": f.used_with,
+                           "empty_label": form._default_label(f, lang)})
         out.append({"number": s.number, "title": s.title(lang), "fields": fields})
     return out
