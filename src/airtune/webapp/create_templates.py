@@ -7,6 +7,7 @@ options from the catalog and the finished jobs (create.choices); the checks are 
 from __future__ import annotations
 
 from jinja2 import DictLoader, Environment, select_autoescape
+from markupsafe import Markup
 
 from airtune.webapp import templates
 
@@ -307,5 +308,6 @@ _env = Environment(loader=DictLoader({"layout.html": templates.LAYOUT, "new.html
 
 
 def render_wizard(*, base: str, lang: str, choices: dict, sections: list) -> str:
-    return _env.get_template("new.html").render(css=templates.CSS + CSS, base=base, lang=lang, t=UI[lang],
+    # Markup: the style sheet is ours, not user text (autoescaping would turn its '>' and '"' into entities)
+    return _env.get_template("new.html").render(css=Markup(templates.CSS + CSS), base=base, lang=lang, t=UI[lang],
                                                 choices=choices, sections=sections)
