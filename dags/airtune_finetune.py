@@ -47,8 +47,7 @@ DAG_ID = "airtune_finetune"
     default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     max_active_tasks=8,
     # the run's `notify` connections are told how it ended (one callback: notify is per run, docs/notifications.md)
-    on_success_callback=notify.dag_callback(),
-    on_failure_callback=notify.dag_callback(),
+    **notify.dag_callbacks(),
 )
 def airtune_finetune():
     # The graph is airtune.job_graph's, shared with the retraining DAGs (dags/airtune_retrain.py).

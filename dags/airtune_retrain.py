@@ -50,8 +50,7 @@ def _retrain_dag(job: retrain.RetrainJob):
         default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
         max_active_tasks=8,
         # the job's `notify` connections are told how each run ended (docs/notifications.md)
-        on_success_callback=notify.dag_callback(job.mapping),
-        on_failure_callback=notify.dag_callback(job.mapping),
+        **notify.dag_callbacks(job.mapping),
     )
     def retraining():
         job_graph.build_job_graph(job=job.mapping, train_pool=train_pool)

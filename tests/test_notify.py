@@ -216,3 +216,13 @@ def test_the_approval_task_builds_its_notifiers_from_the_jobs_notify(conns, monk
     (mail,) = op.notifiers
     assert mail.to == ["team@example.com"] and mail.subject == "airtune: job demo-job waits for approval"
     assert "/airtune/jobs/demo-job" in mail.html_content and SECRET not in mail.html_content
+
+
+def test_the_dags_declare_the_one_callback_except_under_airtune_run(monkeypatch):
+    monkeypatch.delenv(notify.RUNNER_NOTIFIES, raising=False)
+    callbacks = notify.dag_callbacks()
+    assert set(callbacks) == {"on_success_callback", "on_failure_callback"}
+    assert callbacks["on_success_callback"] is callbacks["on_failure_callback"]
+    # dag.test() cannot build a callback's context for a DAG with a required param: the runner notifies
+    monkeypatch.setenv(notify.RUNNER_NOTIFIES, "1")
+    assert notify.dag_callbacks() == {}

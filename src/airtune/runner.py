@@ -49,8 +49,13 @@ def run_job(conf: dict, dag_id: str = "airtune_finetune") -> dict:
     from airflow import settings
 
     settings.configure_orm()
+    from airtune import notify
+
+    # dag.test() cannot run this DAG's callbacks (airtune.notify.RUNNER_NOTIFIES): notified here instead
+    os.environ[notify.RUNNER_NOTIFIES] = "1"
     dag = _load_dag(dag_id)
     dr = dag.test(run_conf=conf)
+    notify.after_test_run(dr, conf)
     state = str(getattr(dr.state, "value", dr.state))
     summary: dict = {"state": state, "dag_id": dag_id, "dag_run_id": dr.run_id}
     name = conf.get("name")
