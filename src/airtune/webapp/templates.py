@@ -305,6 +305,7 @@ deleteForm.addEventListener('submit', async e => {
   } catch (err) {
     deleting = false; button.disabled = confirmBox.value.trim() !== name;
     deleteStatus.textContent = tr('delete.failed_request', {error: err.message || err});
+    refresh();  // the live refresh stopped while the delete was pending
   }
 });
 
