@@ -25,6 +25,13 @@ def _conn(monkeypatch, conn_id: str, **fields):
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields))
 
 
+@pytest.fixture(autouse=True)
+def in_a_task(monkeypatch):
+    """As in the validate task: the SDK's look-up only (the CLI's fallback to the embedded default's
+    metadata database would change this process's environment)."""
+    monkeypatch.setattr(notify, "_in_task", lambda: True)
+
+
 @pytest.fixture
 def conns(monkeypatch):
     _conn(monkeypatch, "team_mail", conn_type="smtp", host="127.0.0.1", port=2525, password=SECRET,

@@ -53,10 +53,63 @@ def accepted_types() -> str:
 
 
 def get_connection(conn_id: str):
-    """The Airflow connection (the SDK's lookup: secrets backends, AIRFLOW_CONN_<ID>, the metadata DB)."""
+    """The Airflow connection (the SDK's lookup: in a task, through the API server; in the api-server, the
+    metadata database; anywhere, AIRFLOW_CONN_<ID> and the secrets backends)."""
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
-    return BaseHook.get_connection(conn_id)
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        import os
+
+        if _in_task() or os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server":  # the SDK looked everywhere
+            raise
+    # Outside a task and the api-server (`airtune validate`, `airtune run` before the run starts), the SDK
+    # looks in no metadata database: a connection made in the UI is there (the embedded default's own
+    # unless the environment names another).
+    from airtune import localstack
+
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
+        localstack.apply()
+        from airflow import settings
+
+        settings.configure_vars()  # Airflow read its settings before: the embedded default's database now
+        settings.configure_orm()
+        _embedded_fernet_key()
+    from airflow.secrets.metastore import MetastoreBackend
+
+    conn = MetastoreBackend().get_connection(conn_id)
+    if conn is None:
+        raise AirflowNotFoundException(f"The conn_id `{conn_id}` isn't defined")
+    return conn
+
+
+def _embedded_fernet_key() -> None:
+    """The embedded default's Fernet key (Airflow wrote it to its airflow.cfg), which encrypts the extras
+    of connections made in its UI."""
+    import configparser
+    import os
+
+    from airtune import localstack
+
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(localstack.airflow_home() / "airflow.cfg")
+    key = cfg.get("core", "fernet_key", fallback="")
+    if key and not os.environ.get("AIRFLOW__CORE__FERNET_KEY"):
+        os.environ["AIRFLOW__CORE__FERNET_KEY"] = key
+        from airflow.models import crypto
+
+        crypto.get_fernet.cache_clear()
+
+
+def _in_task() -> bool:
+    try:
+        from airflow.sdk.execution_time import task_runner
+
+        return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    except ImportError:
+        return False
 
 
 def recipients(conn) -> dict[str, list[str]]:
@@ -85,10 +138,17 @@ def check_connections(conn_ids, lookup: Callable[[str], Any] | None = None) -> l
                                       f"variable); accepted: the id of a connection of type {accepted_types()}"))
             continue
         kind = (conn.conn_type or "").lower()
+        try:
+            to = recipients(conn)["to"] if kind == "smtp" else None
+        except Exception as exc:  # e.g. an encrypted extra this process has no Fernet key for
+            from airtune import redact
+
+            problems.append((conn_id, f"its extra cannot be read here ({redact.text(str(exc))})"))
+            continue
         if kind not in PROVIDERS:
             problems.append((conn_id, f"its type is {conn.conn_type!r}, which no notifier airtune uses sends to; "
                                       f"accepted: a connection of type {accepted_types()}"))
-        elif kind == "smtp" and not recipients(conn)["to"]:
+        elif kind == "smtp" and not to:
             problems.append((conn_id, "an smtp connection names its recipients in its extra, e.g. "
                                       "{\"to\": [\"team@example.com\"]}; this one has none"))
     return problems
