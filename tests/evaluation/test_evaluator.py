@@ -26,11 +26,15 @@ PAIRS = {"name": "dpo_en_demo", "format": "sharegpt", "kind": "preference", "fil
 EVAL_OUT = {"evaluation.json", "predictions.jsonl"}
 
 
-def make_job(root: Path, model_dir: Path, datasets: list[dict], **spec) -> tuple[Path, dict]:
-    """A job folder: spec.json (the resolved spec) and data/ prepared by airtune.data.prepare."""
+def make_job(root: Path, model_dir: Path, datasets: list[dict], *, model: dict | None = None, **spec) -> tuple[Path, dict]:
+    """A job folder: spec.json (the resolved spec) and data/ prepared by airtune.data.prepare. `model`: fields of
+    resolved.model to change (a model other than the tiny one); the template is spec's `template`."""
     from airtune.data import prepare
 
     resolved = make_resolved(model_dir, **spec)
+    resolved["model"].update(model or {})
+    name = resolved["spec"]["template"]
+    resolved["template"] = {"name": name, "path": str(REPO / "configs" / "templates" / f"{name}.jinja")}
     resolved["datasets"] = datasets
     resolved["eval_datasets"] = []
     resolved["benchmarks"] = []
@@ -109,13 +113,14 @@ QUESTIONS = [
 
 # -- the sft job -------------------------------------------------------------------------------------------
 
-SFT = dict(stage="sft", max_samples=40, val_size=0.2, num_train_epochs=2, save_steps=100, logging_steps=4,
+# 45 rows: 36 train (9 steps an epoch), 9 validation (batches of 4, 4 and 1: the trainer weights them by rows)
+SFT = dict(stage="sft", max_samples=45, val_size=0.2, num_train_epochs=2, save_steps=100, logging_steps=4,
            learning_rate=1e-2, eval_max_samples=6)
 
 
 @pytest.fixture(scope="module")
 def sft_job(tiny_model_dir, tmp_path_factory):
-    """A tiny sft LoRA job, trained (32 rows, 2 epochs: 16 steps), with a benchmark whose answers are set from the
+    """A tiny sft LoRA job, trained (36 rows, 2 epochs: 18 steps), with a benchmark whose answers are set from the
     tuned and base models' own choices, so that the expected accuracies are known; then the evaluator, run once
     into an output folder that holds a stale file, with the tuned weights also given as the "champion" (as the
     pipeline gives the registered champion): scored on their own, they must give the tuned figures."""
@@ -156,7 +161,7 @@ def test_output_files_and_keys(sft_job):
     assert not [p for p in job.iterdir() if p.name.startswith(".evaluation")]  # no temporary folder left
     evaluation, predictions = read_output(out)
     assert evaluation["format"] == 1 and evaluation["stage"] == "sft"
-    assert evaluation["samples"] == 6 == len(predictions)  # eval_max_samples of the 8 validation examples
+    assert evaluation["samples"] == 6 == len(predictions)  # eval_max_samples of the 9 validation examples
     assert evaluation["base_model"].startswith("base weights ") and "adapter switched off" in evaluation["base_model"]
     assert set(evaluation["seconds"]) == {"base", "tuned", "champion", "total"}
     assert evaluation["seconds"]["total"] >= evaluation["seconds"]["base"] + evaluation["seconds"]["tuned"] > 0
@@ -284,3 +289,58 @@ def test_dpo_rewards_are_the_tuned_models(tiny_model_dir, tmp_path):
     assert set(evaluation["base"]) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
     assert evaluation["tuned"]["reward_accuracy"] in (0, 25, 50, 75, 100)
     assert evaluation["tuned"]["reward_margin"] != 0
+
+
+# -- the real model (slow) --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_real_model_tuned_beats_base_on_rouge_l(real_model_dir, tmp_path):
+    """SmolLM2-135M-Instruct after a short LoRA run on the identity data (examples/demo.yaml's settings, 2 epochs:
+    82 rows, 22 steps): on the 10 held-out identity questions the tuned answers beat the base's on ROUGE-L."""
+    tuna = {**IDENTITY, "name": "identity_tuna", "fill": {"name": "Tuna", "author": "Airtune Labs"}}
+    job, resolved = make_job(tmp_path / "real", real_model_dir, [tuna], stage="sft", template="smollm2",
+                             base_model="smollm2-135m-instruct", learning_rate=1e-3, num_train_epochs=2, cutoff_len=384,
+                             per_device_train_batch_size=8, val_size=0.1, logging_steps=5, save_steps=100,
+                             lora_rank=16, lora_alpha=32.0, lora_dropout=0.0, eval_max_samples=50,
+                             model={"name": "smollm2-135m-instruct", "kind": "instruct", "template": "smollm2"})
+    t0 = time.monotonic()
+    train_in_process(job, job / "data")
+    trained = time.monotonic() - t0
+    t0 = time.monotonic()
+    proc = run_evaluator(job, timeout=1200)
+    wall = time.monotonic() - t0
+    evaluation, predictions = read_output(job / "evaluation")
+    print(proc.stdout + f"\ntraining {trained:.0f} s, evaluator {wall:.0f} s (wall) for {evaluation['samples']} prompts")
+    assert evaluation["samples"] == 10 == len(predictions)
+    base, tuned = evaluation["base"], evaluation["tuned"]
+    assert tuned["rouge-l"] > base["rouge-l"], (base, tuned, predictions)
+    assert tuned["eval_loss"] < base["eval_loss"]
+    assert abs(tuned["eval_loss"] - result(job)["eval_loss"]) < 1e-4
+    assert sum("Tuna" in r["tuned"] for r in predictions) > sum("Tuna" in r["base"] for r in predictions)
+
+
+def test_batched_answers_equal_one_at_a_time(sft_job, tiny_model_dir, monkeypatch):
+    """Several prompts or questions per pass, left-padded (the evaluator's way), give what one at a time gives."""
+    import airtune.evaluate as ev
+    from airtune import inference
+    from airtune.evaluation.benchmarks import Question
+
+    job = sft_job["job"]
+    resolved = json.loads((job / "spec.json").read_text())
+    final = job / "output" / "final"
+    tok = inference.load_tokenizer([final], resolved)
+    model = inference.load_weights(final, resolved).eval()
+    run = ev.Run(ev.read_inputs(resolved, job / "data", final, say=lambda m: None), tok, device="cpu", say=lambda m: None)
+    prompts = ev._read_prompts(job / "data", "sft", None)[0]
+    questions = [Question(q["subject"], q["question"], tuple(q[x] for x in "ABCD"), "A") for q in QUESTIONS]
+
+    def both():
+        return (ev.generate_answers(run.loaded(model, "tuned"), prompts, which="tuned", say=lambda m: None),
+                ev.benchmark_answers(model, tok, questions, lang="en", device="cpu", which="tuned", name="quiz",
+                                     say=lambda m: None))
+
+    monkeypatch.setattr(ev, "_batch", lambda device: 1)
+    one = both()
+    monkeypatch.setattr(ev, "_batch", lambda device: 4)
+    assert both() == one
+    assert len(set(len(tok(p.messages[-1]["content"])["input_ids"]) for p in prompts)) > 1  # padding did happen

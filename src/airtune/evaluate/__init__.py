@@ -29,8 +29,10 @@ Metrics (per model, in evaluation.json's "base" and "tuned"; each only where it 
 - `eval_loss`, `perplexity` (= exp(eval_loss)): sft and pt with a validation split. The cross-entropy over
   the label tokens as the trainer's evaluation computes it (transformers' `Trainer.evaluation_loop`):
   batches of per_device_eval_batch_size rows in the split's order, each batch's loss the mean over its
-  label tokens, `eval_loss` the mean over the batches; packed rows split into their examples where
-  position_ids restart. For the final weights it equals result.json's eval_loss (a one-process run).
+  label tokens, `eval_loss` the mean of the batches' losses weighted by their rows (the loop repeats a
+  batch's loss per row of the batch size, and accelerate drops the last batch's missing rows); packed
+  rows split into their examples where position_ids restart. For the final weights it equals
+  result.json's eval_loss (a one-process run).
 - `rouge-1`, `rouge-2`, `rouge-l`, `bleu-4` (0-100): `evaluation.metrics.score_corpus` over the first
   eval_max_samples prompts: sft: eval_prompts.jsonl; dpo: the validation pairs' prompt and chosen answer;
   kto: the desirable validation examples. Greedy answers of at most max_new_tokens = the reference's token
@@ -95,8 +97,10 @@ EXIT_CONFIG = 78  # airtune.launch.local.EXIT_CONFIG
 # Tokens per forward pass (rows x padded length) for the loss and the log-probabilities; the logits of
 # the target positions are float32 rows of the vocabulary size.
 TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
-# Prompts / questions per batch on a GPU (left-padded); on the CPU one at a time, unpadded.
+# Prompts / questions per batch (left-padded; sorted by length, so that little is padding). On the CPU too:
+# a small model's generation is mostly per-step overhead, which a batch shares.
 GPU_BATCH = 16
+CPU_BATCH = 8
 LOG_EVERY = 10
 
 
@@ -240,6 +244,11 @@ def _groups(lengths: list[int], budget: int, max_rows: int | None = None) -> lis
     return groups
 
 
+def _batch(device: str) -> int:
+    """Prompts or questions per forward pass (left-padded): GPU_BATCH on a GPU, CPU_BATCH on the CPU."""
+    return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
 def _forward_takes(model, name: str) -> bool:
     import inspect
 
@@ -304,7 +313,7 @@ def eval_batch_size(spec: dict) -> int:
 
 
 def validation_loss(model, validation, *, batch_size: int, device: str, pad_id: int) -> float | None:
-    """The trainer's eval_loss (module docstring): the mean over batches of each batch's mean over label tokens."""
+    """The trainer's eval_loss (module docstring): each batch's mean over its label tokens, weighted by its rows."""
     columns = [c for c in ("input_ids", "labels", "position_ids") if c in validation.column_names]
     batch_losses = []
     for start in range(0, len(validation), batch_size):
@@ -316,9 +325,9 @@ def validation_loss(model, validation, *, batch_size: int, device: str, pad_id: 
             total -= s
             count += n
         if count:
-            batch_losses.append(total / count)
-    finite = [x for x in batch_losses if math.isfinite(x)]
-    return sum(finite) / len(finite) if finite else None
+            batch_losses.append((total / count, len(rows)))
+    finite = [(x, n) for x, n in batch_losses if math.isfinite(x)]
+    return sum(x * n for x, n in finite) / sum(n for _, n in finite) if finite else None
 
 
 def _render(tokenizer, messages: list[dict], tools=None) -> str:
@@ -333,7 +342,7 @@ def max_new_tokens(tokenizer, reference: str) -> int:
 
 
 def generate_answers(loaded, prompts: list[Prompt], *, which: str, say=log) -> list[str]:
-    """Greedy answers (inference's generation settings and stop tokens); batched and left-padded on a GPU."""
+    """Greedy answers (inference's generation settings and stop tokens), in left-padded batches."""
     import torch
 
     from airtune import inference
@@ -341,7 +350,7 @@ def generate_answers(loaded, prompts: list[Prompt], *, which: str, say=log) -> l
     tok = loaded.tokenizer
     texts = [_render(tok, p.messages, p.tools) for p in prompts]
     limits = [max_new_tokens(tok, p.reference) for p in prompts]
-    batch = GPU_BATCH if loaded.device.startswith("cuda") else 1
+    batch = _batch(loaded.device)
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: (limits[i], lengths[i]))
     answers: list[str] = [""] * len(prompts)
@@ -391,8 +400,8 @@ def benchmark_answers(model, tokenizer, questions: list, *, lang: str, device: s
     letters = letter_ids(tokenizer)
     texts = [_render(tokenizer, messages_of(q, (), lang=lang)) for q in questions]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    gpu = device.startswith("cuda")
-    groups = _groups([len(e) for e in encoded], _budget(device), GPU_BATCH) if gpu else [[i] for i in range(len(encoded))]
+    batch = _batch(device)
+    groups = _groups([len(e) for e in encoded], _budget(device), batch) if batch > 1 else [[i] for i in range(len(encoded))]
     last_only = _forward_takes(model, "logits_to_keep")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     answers: list[str] = [""] * len(questions)
@@ -743,8 +752,6 @@ def _summary(evaluation: dict) -> str:
 
 def write_results(output_dir: Path, evaluation: dict, predictions: list[dict]) -> None:
     """evaluation.json and predictions.jsonl into a temporary folder beside `output_dir`, then renamed onto it."""
-    from airtune.data.build import _replace_dir
-
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -757,6 +764,20 @@ def write_results(output_dir: Path, evaluation: dict, predictions: list[dict]) -
         _replace_dir(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """`src` renamed to `dst`; an existing `dst` is moved aside first and removed after (never half-written)."""
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dst, old)
+    os.rename(src, dst)
+    if old is not None:
+        if old.is_symlink() or old.is_file():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the command --------------------------------------------------------------------------------
