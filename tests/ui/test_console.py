@@ -125,6 +125,8 @@ def test_the_pages_in_chinese(browser, airflow_stack, finished, artifacts):
         page.wait_for_selector("#monitor figure[data-chart='loss']")
         captions = page.locator("#monitor figcaption").all_inner_texts()
         assert "损失" in captions and "CPU 使用率 · node0" in captions, captions
+        if page.locator("#try-about").count():  # "Try it" (试用模型), its words too
+            assert "别名 best" in page.locator("#try-about").inner_text() and page.locator("#try-button").inner_text() == "回答"
         if page.locator("#evaluation").count():
             assert page.locator("#evaluation thead th").first.inner_text() == "指标"
         page.wait_for_function("document.getElementById('log').textContent.length > 20")

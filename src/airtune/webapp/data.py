@@ -441,7 +441,8 @@ def try_target(name: str, resolved: dict | None = None) -> dict:
         return {**out, "note": f"nothing to try: {exc}"}
     except Exception as exc:  # the page shows the rest of the job all the same
         return {**out, "note": f"nothing to try: MLflow: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"}
-    out.update(version=v.version, chosen_by=_chosen_by(v.aliases))
+    out.update(version=v.version, chosen_by=_chosen_by(v.aliases),
+               chosen_key=("champion" if inference.ALIAS_CHAMPION in v.aliases else "best" if "best" in v.aliases else "newest"))
     folder = inference.job_folder(v)
     spec = (_read_json(folder / "spec.json") if folder is not None else None) or resolved or {}
     location = spec.get("location")

@@ -63,6 +63,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
                   "由 <b>{name} 版本 {v}</b>（{chosen_by}）回答，与 <code>airtune generate</code> 相同：贪心解码（同一提示词得到同一回答），"
                   "最多生成 {tokens} 个新词元，在运行 Airflow api-server 的机器上由独立进程执行（加载模型需要几秒）。"
                   "一次一个提示词，最多 {chars} 个字符。"),
+    "try.chosen.champion": ("alias champion, a person's choice", "别名 champion，人工选定"),
+    "try.chosen.best": ("alias best, the register task's choice; an alias champion set in MLflow would answer instead",
+                        "别名 best，由 register 步骤选定；若在 MLflow 中设置了别名 champion，则由它回答"),
+    "try.chosen.newest": ("the newest version; no version has alias champion or best", "最新版本；没有版本带有别名 champion 或 best"),
     "try.placeholder": ("A prompt for the model (Enter answers, Shift+Enter starts a new line)",
                         "输入提示词（Enter 提交，Shift+Enter 换行）"),
     "try.button": ("Answer", "回答"),

@@ -138,7 +138,7 @@ JOB = """{% extends "layout.html" %}
 <h2>{{ tr('try.title') }}</h2>
 <div class="try" id="try">
 {% if t.available %}
-<p class="muted" id="try-about">{{ tr('try.about', name=job.name, v=t.version, chosen_by=t.chosen_by, tokens=t.max_new_tokens, chars='{:,}'.format(t.max_prompt)) }}</p>
+<p class="muted" id="try-about">{{ tr('try.about', name=job.name, v=t.version, chosen_by=tr('try.chosen.' ~ t.chosen_key) if t.chosen_key else t.chosen_by, tokens=t.max_new_tokens, chars='{:,}'.format(t.max_prompt)) }}</p>
 <form id="try-form">
 <textarea id="try-prompt" name="prompt" rows="3" placeholder="{{ tr('try.placeholder') }}"></textarea>
 <div><button class="primary" type="submit" id="try-button">{{ tr('try.button') }}</button> <span class="muted" id="try-status"></span></div>
