@@ -73,3 +73,12 @@ def test_decision_tags_carry_outcome_and_numbers():
 
 def test_metric_keys_are_mlflow_safe():
     assert metric_key("benchmark:mmlu") == "benchmark.mmlu" and metric_key("rouge-l") == "rouge-l"
+
+
+def test_a_retraining_file_promotes_by_default_only_with_held_out_data():
+    from airtune.promotion import retraining_default
+
+    assert retraining_default({"val_size": 0.1}) == "auto"
+    assert retraining_default({"eval_dataset": ["identity"]}) == "auto"
+    assert retraining_default({}) == "never" and retraining_default({"val_size": 0}) == "never"
+    assert retraining_default({"val_size": True}) == "never"  # not a number: validate refuses it anyway

@@ -46,8 +46,7 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
     from airtune.launch.kubernetes.operators import TrainJobOperator, TrainPodOperator
     from airtune.promotion_task import PromotionApproval
 
-    # a retraining job file promotes a better model by default (docs/form.md#promote)
-    fixed_job = {"promote": "auto", **job} if job is not None else None
+    fixed_job = dict(job) if job is not None else None  # (retrain.load_file sets its promote default)
     local_pool = pools.pool_name("local")
     local_slots = pools.LOCAL_SLOTS  # one local job at a time, whatever its GPUs (airtune.pools)
     kube_pool = {"pool": train_pool[0], "pool_slots": train_pool[1]} if train_pool else {}

@@ -51,6 +51,15 @@ class Decision:
         return out
 
 
+def retraining_default(mapping) -> str:
+    """`promote` for a retraining job file that does not say (docs/form.md#promote): auto when the job has
+    held-out data to compare on (val_size > 0 or eval_dataset), else never — a default the user did not
+    write must not make their file invalid."""
+    val = mapping.get("val_size")
+    held_out = (isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0) or bool(mapping.get("eval_dataset"))
+    return "auto" if held_out else "never"
+
+
 def metric_key(metric: str) -> str:
     """A promote_metric as MLflow spells keys (no ':'): benchmark:mmlu -> benchmark.mmlu."""
     return metric.replace(":", ".")

@@ -216,8 +216,12 @@ def load_file(path: Path) -> RetrainJob:
         errors.append(f"name: {mapping.get('name')!r} is not accepted: a job file under configs/jobs/ is named after its "
                       f"job; this file, {path.name}, takes name: {stem} (or rename the file)")
         fields.append("name")
-    # a retraining job promotes a better model by default (docs/form.md#promote): checked as it will run
-    for e in check_spec({"promote": "auto", **mapping}):
+    # a retraining job promotes a better model by default when it has held-out data (docs/form.md#promote)
+    if "promote" not in mapping:
+        from airtune.promotion import retraining_default
+
+        mapping["promote"] = retraining_default(mapping)
+    for e in check_spec(mapping):
         if e.field == "name" and "name" in fields:
             continue
         errors.append(str(e))

@@ -754,8 +754,9 @@ class JobSpec:
         choice_labels={"auto": ("auto: when better than the champion", "auto：优于当前版本时自动晋级"),
                        "approve": ("approve: a person decides", "approve：人工审批"),
                        "never": ("never: register only", "never：只注册，不晋级")},
-        default_en="empty; never for a one-off job, auto in a retraining job file",
-        default_zh="留空；单次任务为never，定时重训任务为auto",
+        default_en="empty; never for a one-off job, auto in a retraining job file with held-out data (val_size > 0 or "
+                   "eval_dataset)",
+        default_zh="留空；单次任务为never；定时重训任务有验证数据（验证集比例>0或评估数据集）时为auto",
         label_en="Promotion", label_zh="模型晋级",
         help_en="Whether the new version becomes the registered model's champion (the version in use). auto: when it "
                 "beats the current champion on promote_metric (a tie keeps the champion); approve: the run waits "
