@@ -116,6 +116,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "axis.time": ("time (s)", "时间（秒）"),
     "series.loss": ("loss", "训练损失"),
     "series.eval_loss": ("eval_loss", "验证损失"),
+    "series.learning_rate": ("learning rate", "学习率"),
+    "series.tokens_per_second": ("tokens/s", "每秒词元数"),
     "series.gpu": ("GPU {i}", "GPU {i}"),
     # evaluation
     "eval.title": ("Evaluation", "模型评估"),
