@@ -96,7 +96,15 @@ class _Words:
 
 @functools.cache
 def _scorers() -> dict:
+    import sys
+
+    from absl import logging as absl_logging
     from rouge_score import rouge_scorer
+
+    # rouge-score imports absl, whose handler binds the sys.stderr of the moment it is made; where that
+    # stream is replaced and closed later (a test runner's capture, a task's redirected output), every
+    # later log record through it fails, and Python aborts with "lost sys.stderr". Bind the process's own.
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
     return {
         "rouge-1": ("rouge1", rouge_scorer.RougeScorer(["rouge1"], tokenizer=_Words(distinct=1))),
