@@ -232,7 +232,7 @@ c = tracking.client()
 versions = sorted(c.search_model_versions("name = '{JOB}'"), key=lambda v: int(v.version))
 print(json.dumps([{{"version": int(v.version), "dag_run": c.get_run(v.run_id).data.tags.get("airflow.run_id"),
                     "dag": c.get_run(v.run_id).data.tags.get("airflow.dag_id"),
-                    "promotion": v.tags.get("airtune.promotion.outcome"), "aliases": sorted(v.aliases)}} for v in versions]))
+                    "promotion": v.tags.get("airtune.promotion.outcome"), "aliases": sorted(c.get_model_version(v.name, v.version).aliases)}} for v in versions]))
 """
     out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
