@@ -60,3 +60,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`; an existing `dst` is moved aside first and removed after (never half-written)."""
+    import shutil
+    import uuid
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dst, old)
+    os.rename(src, dst)
+    if old is not None:
+        if old.is_symlink() or old.is_file():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)

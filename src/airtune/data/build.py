@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+from airtune import paths
 from airtune.data.errors import DataError, RowError
 from airtune.data.figures import longest_row_tokens
 
@@ -461,26 +462,12 @@ def prepare(resolved: dict, out_dir: Path, *, cache_dir: Path | None = None, num
                 shutil.rmtree(tmp, ignore_errors=True)
             _publish(entry, out_dir, {**manifest, "cached": False})
         else:
-            _replace_dir(tmp, out_dir)
+            paths.replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"prepared {manifest['rows']} rows, {manifest['tokens']} tokens in {manifest['seconds']} s -> {out_dir}")
     return {**manifest, "cached": False}
 
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`; an existing `dst` is moved aside first and removed after (never half-written)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if old is not None:
-        if old.is_symlink() or old.is_file():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(entry: Path, out_dir: Path, manifest: dict) -> None:
@@ -506,7 +493,7 @@ def _publish(entry: Path, out_dir: Path, manifest: dict) -> None:
                 shutil.copy2(src, dst)
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _replace_dir(tmp, out_dir)
+        paths.replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

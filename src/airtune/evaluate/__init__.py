@@ -85,6 +85,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from airtune import paths
 
 FORMAT = 1
 EVALUATION_FILE = "evaluation.json"
@@ -761,23 +762,10 @@ def write_results(output_dir: Path, evaluation: dict, predictions: list[dict]) -
             for row in predictions:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         (tmp / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(tmp, output_dir)
+        paths.replace_dir(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """`src` renamed to `dst`; an existing `dst` is moved aside first and removed after (never half-written)."""
-    old = None
-    if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if old is not None:
-        if old.is_symlink() or old.is_file():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the command --------------------------------------------------------------------------------
