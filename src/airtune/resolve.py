@@ -348,35 +348,29 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     if location is None:
         refuse("location", "not in configs/locations.yaml; accepted: " + ", ".join(catalog.locations))
 
-    datasets = []
     fitting = STAGE_DATASET_KINDS[stage]
-    for name in v["dataset"] or []:
-        entry = catalog.datasets.get(name)
-        if entry is None:
-            refuse("dataset", "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
-                   value=name)
-            continue
-        if entry.kind not in fitting:
-            fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
-            refuse("dataset", f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
-                              f"{stage} trains on {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
+
+    def catalog_datasets(field: str, verb: str) -> list[dict]:
+        """The named catalog datasets of `field` (dataset, eval_dataset), each refused unless it fits the stage."""
+        records = []
+        for name in v[field] or []:
+            entry = catalog.datasets.get(name)
+            if entry is None:
+                refuse(field, "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
+                       value=name)
+                continue
+            if entry.kind not in fitting:
+                fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
+                refuse(field, f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
+                              f"{stage} {verb} {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
                               f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
-        datasets.append(_dataset_record(entry))
+            records.append(_dataset_record(entry))
+        return records
+
+    datasets = catalog_datasets("dataset", "trains on")
 
     # -- evaluation: held-out datasets and benchmarks (docs/form.md, section 5) --
-    eval_datasets = []
-    for name in v["eval_dataset"] or []:
-        entry = catalog.datasets.get(name)
-        if entry is None:
-            refuse("eval_dataset", "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
-                   value=name)
-            continue
-        if entry.kind not in fitting:
-            fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
-            refuse("eval_dataset", f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
-                                   f"{stage} evaluates on {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that "
-                                   f"fit: {', '.join(fits) or 'none in the catalog'}", "stage", value=name)
-        eval_datasets.append(_dataset_record(entry))
+    eval_datasets = catalog_datasets("eval_dataset", "evaluates on")
     benchmarks = []
     for name in v["eval_benchmarks"] or []:
         bench = catalog.benchmarks.get(name)
