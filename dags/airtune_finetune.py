@@ -25,11 +25,6 @@ from datetime import timedelta
 
 from airflow.sdk import dag
 
-# The Kubernetes train branches are the cncf.kubernetes provider's operators; importing them costs
-# ~0.7 s (the kubernetes clients). The DAG processor imports the `airflow.*` modules a DAG file names
-# once, before it forks a parser per file (parsing_pre_import_modules): hence this line.
-import airflow.providers.cncf.kubernetes.operators.job  # noqa: F401, E402
-
 from airtune import form, job_graph, notify
 
 DAG_ID = "airtune_finetune"

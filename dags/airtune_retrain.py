@@ -23,9 +23,6 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
-# As in airtune_finetune.py: the DAG processor pre-imports the `airflow.*` modules a DAG file names.
-import airflow.providers.cncf.kubernetes.operators.job  # noqa: F401, E402
-
 from airtune import job_graph, notify, pools, retrain
 
 log = logging.getLogger(__name__)

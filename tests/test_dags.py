@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ["torch", "transformers", "datasets", "mlflow", "peft", "trl", "deepspeed"]
+# the Kubernetes clients too: the DAG's Kubernetes tasks build their operators when they run
+HEAVY = ["torch", "transformers", "datasets", "mlflow", "peft", "trl", "deepspeed", "kubernetes", "kubernetes_asyncio",
+         "airflow.providers.cncf.kubernetes.operators.pod"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,11 @@ def test_finetune_dag_shape(dagbag):
     assert dag.get_task("approve").downstream_task_ids == {"promote"}
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
     assert "promote" in dag.get_task("cleanup").upstream_task_ids
+    # the Kubernetes tasks name the operator they run (built when the task runs) and show its name
+    for task_id, name in (("train_kubernetes_pod", "TrainPodOperator"), ("train_kubernetes_job.train", "TrainJobOperator"),
+                          ("evaluate_kubernetes", "EvaluatePodOperator")):
+        t = dag.get_task(task_id)
+        assert t.operator_name == name and t.operator.endswith("." + name) and t.template_fields == ("airtune_job",)
 
 
 def test_parsing_loads_no_heavy_module(tmp_path):

@@ -20,7 +20,8 @@ dags/airtune_retrain.py). The two DAGs differ only in where the job comes from:
   registers a new version of the same model.
 
 The train tasks take their location's pool (airtune.pools). Heavy work is imported inside the task
-bodies (airtune.pipeline): building the graph imports Airflow's SDK and the Kubernetes operators only.
+bodies (airtune.pipeline), the Kubernetes operators inside their tasks (launch/kubernetes/deferred.py):
+building the graph imports Airflow's SDK and airtune's light modules only.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
     """
     from airflow.sdk import TaskGroup, get_current_context, task
 
-    from airtune.launch.kubernetes.evaluate import EvaluatePodOperator
-    from airtune.launch.kubernetes.operators import TrainJobOperator, TrainPodOperator
+    from airtune.launch.kubernetes.deferred import EVALUATE_POD, TRAIN_JOB, TRAIN_POD, KubernetesTask
     from airtune.promotion_task import PromotionApproval
 
     fixed_job = dict(job) if job is not None else None  # (retrain.load_file sets its promote default)
@@ -143,16 +143,18 @@ def build_job_graph(*, job: Mapping[str, Any] | None = None, train_pool: tuple[s
     trained_local = train_local(prepared)
     branch >> trained_local
     # retries: a new pod (or Job) resumes from the newest checkpoint in the job folder
-    trained_pod = TrainPodOperator(task_id="train_kubernetes_pod", airtune_job=prepared, retries=2, **kube_pool)
+    # (the Kubernetes operators are built when their task runs: launch/kubernetes/deferred.py)
+    trained_pod = KubernetesTask(task_id="train_kubernetes_pod", operator=TRAIN_POD, airtune_job=prepared, retries=2,
+                                 **kube_pool)
     with TaskGroup("train_kubernetes_job", tooltip="several machines: Service, indexed Job, teardown") as trained_job:
         started = start_kubernetes_job(prepared)
-        trained = TrainJobOperator(task_id="train", airtune_job=prepared, retries=2, **kube_pool)
+        trained = KubernetesTask(task_id="train", operator=TRAIN_JOB, airtune_job=prepared, retries=2, **kube_pool)
         started >> trained >> teardown_kubernetes_job(prepared).as_teardown(setups=started)
     branch >> [trained_pod, trained_job]
     evaluated_local = evaluate_local(trained_local)
     # one pod on the location, whichever of the two Kubernetes branches trained
-    evaluated_pod = EvaluatePodOperator(task_id="evaluate_kubernetes", airtune_job=prepared, retries=1,
-                                        trigger_rule="none_failed_min_one_success", **kube_pool)
+    evaluated_pod = KubernetesTask(task_id="evaluate_kubernetes", operator=EVALUATE_POD, airtune_job=prepared, retries=1,
+                                   trigger_rule="none_failed_min_one_success", **kube_pool)
     [trained_pod, trained_job] >> evaluated_pod
     branch >> evaluated_pod
     registered = register(prepared)

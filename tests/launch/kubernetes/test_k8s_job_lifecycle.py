@@ -17,9 +17,11 @@ from conftest import DAG_ID, NS, RUN_ID
 
 
 def _op(job):
-    from airtune.launch.kubernetes.operators import TASK_JOB, TrainJobOperator
+    """The DAG's task: TrainJobOperator, built when the task runs (launch/kubernetes/deferred.py)."""
+    from airtune.launch.kubernetes.deferred import TRAIN_JOB, KubernetesTask
+    from airtune.launch.kubernetes.operators import TASK_JOB
 
-    return lambda: TrainJobOperator(task_id=TASK_JOB, airtune_job=job)
+    return lambda: KubernetesTask(task_id=TASK_JOB, operator=TRAIN_JOB, airtune_job=job)
 
 
 def _setup(job):

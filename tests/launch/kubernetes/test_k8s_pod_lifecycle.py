@@ -21,9 +21,11 @@ from conftest import DAG_ID, NS, RUN_ID
 
 
 def _op(job, **kwargs):
-    from airtune.launch.kubernetes.operators import TASK_POD, TrainPodOperator
+    """The DAG's task: TrainPodOperator, built when the task runs (launch/kubernetes/deferred.py)."""
+    from airtune.launch.kubernetes.deferred import TRAIN_POD, KubernetesTask
+    from airtune.launch.kubernetes.operators import TASK_POD
 
-    return lambda: TrainPodOperator(task_id=TASK_POD, airtune_job=job, **kwargs)
+    return lambda: KubernetesTask(task_id=TASK_POD, operator=TRAIN_POD, airtune_job=job, **kwargs)
 
 
 def _running(cluster):
