@@ -82,8 +82,10 @@ def test_labels_help_and_limits(params):
 def test_enums_come_from_the_catalog(params):
     catalog = Catalog.load()
     assert params["base_model"].schema["enum"] == list(catalog.models)
-    assert params["location"].schema["enum"] == [*catalog.locations, None]
-    assert params["template"].schema["enum"] == ["auto", *catalog.templates, None]
+    # the default (local, auto) is pre-selected, so no empty entry beside it; null stays accepted
+    assert params["location"].schema["enum"] == list(catalog.locations)
+    assert params["template"].schema["enum"] == ["auto", *catalog.templates]
+    assert params["location"].schema["definitions"]["accepted"]["enum"] == [*catalog.locations, None]
     assert params["dataset"].schema["items"]["enum"] == list(catalog.datasets)
     assert params["dataset"].schema["examples"] == list(catalog.datasets)  # Airflow's multi-select
     assert {"cpu", "auto", "nvidia-h100-80gb", "nvidia-t4"} <= set(params["gpu_type"].schema["enum"])
@@ -96,8 +98,43 @@ def test_enums_have_readable_names(params):
         if "enum" in schema and f.choice_labels:
             shown = schema["values_display"]
             assert set(f.choices) <= set(shown), f.name
-            assert "null" in shown  # the empty choice reads as the default
-    assert params["stage"].schema["values_display"]["null"] == "(default: sft)"
+            # the empty choice is listed (and named) only where the default is no value of the list
+            assert ("null" in shown) == (None in schema["enum"]) == (f.default is None or f.default not in f.choices), f.name
+    assert "null" not in params["stage"].schema["values_display"]
+    assert params["promote"].schema["values_display"]["null"].startswith("(empty; never for a one-off job")
+
+
+def _select_entries(schema: dict) -> list[str]:
+    """What Airflow 3.3.2's select lists (airflow/ui FieldDropdown): one entry per item of `enum`, named
+    by values_display (the key "null" for null), else the value itself."""
+    shown = schema.get("values_display") or {}
+    return [shown.get("null" if v is None else str(v), "null" if v is None else str(v)) for v in schema["enum"]]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_select_lists_each_value_once(lang):
+    """The issue's "(default: X)" entry beside X: a drop-down shows each value once, the default among them."""
+    from airtune.spec import FIELD_BY_NAME
+
+    params = form.dag_params(lang)
+    selects = {name: p.schema for name, p in params.items() if isinstance(p.schema.get("enum"), list)}
+    assert {"location", "template", "stage", "lr_scheduler_type", "quantization_bit", "gpu_type"} <= set(selects)
+    for name, schema in selects.items():
+        f = FIELD_BY_NAME[name]
+        entries = _select_entries(schema)
+        assert len(entries) == len(set(entries)), (name, entries)
+        assert not any(e.startswith(("(default", "（默认")) for e in entries), (name, entries)
+        if f.default is not None:
+            assert f.default in schema["enum"] and None not in schema["enum"], name
+            assert params[name].value == f.default  # what the form pre-selects
+
+
+def test_an_empty_select_still_means_the_default(server_params):
+    """A cleared select (null) and a REST null are accepted though null is no longer listed."""
+    conf = {**GOOD, "lr_scheduler_type": None, "location": None, "template": None, "quantization_bit": None}
+    values = trigger(server_params, conf)
+    spec = parse(form.conf_to_mapping(values))
+    assert (spec.lr_scheduler_type, spec.location, spec.template, spec.quantization_bit) == ("cosine", "local", "auto", "none")
 
 
 def test_chinese_form(monkeypatch):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from airtune.spec import FIELDS, SECTIONS, FieldInfo, names_text_pattern, param_schema
+from airtune.spec import _DRAFT7, FIELDS, SECTIONS, FieldInfo, names_text_pattern, param_schema
 
 LANGS = ("en", "zh")
 
@@ -88,6 +88,24 @@ def _regex_literal(text: str) -> str:
     return "".join("\\" + ch if ch in ".^$*+?()[]{}|\\" else ch for ch in text)
 
 
+def _default_listed_once(schema: dict) -> dict:
+    """A select whose default is one of its values, without a second, empty entry for that default.
+
+    Airflow 3.3's trigger form lists every item of the top-level `enum`, null included (shown by its
+    `values_display` name, "(default: cosine)"), so a field whose default is a value of the list showed
+    that value twice. The form pre-selects the default, so the empty entry is left out of the list;
+    an empty value (null: the default, docs/form.md) is still accepted, from REST or a select the user
+    cleared: what is checked is `definitions.accepted` (the whole schema with null), which the `$ref`
+    stands for under draft-07, as `spec.param_schema` does for quantization_bit's aliases.
+    """
+    shown = [v for v in schema["enum"] if v is not None]
+    if "$ref" in schema:  # quantization_bit: its definitions already hold what is accepted
+        return {**schema, "enum": shown}
+    accepted = {k: v for k, v in schema.items() if k != "$schema"}
+    return {"$schema": _DRAFT7, "$ref": "#/definitions/accepted", "definitions": {"accepted": accepted},
+            **schema, "enum": shown}
+
+
 def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
     """One field's Param keyword arguments except the default: JSON schema + title, description, section."""
     schema = param_schema(f.name)
@@ -105,9 +123,13 @@ def field_schema(f: FieldInfo, catalog, lang: str = "en") -> dict:
     elif f.choices:
         labels = {c: (f.choice_labels[c][1] if lang == "zh" else f.choice_labels[c][0])
                   for c in f.choices if c in f.choice_labels}
+    if f.default is not None and f.default in schema.get("enum", []) and None in schema["enum"]:
+        schema = _default_listed_once(schema)
     if "enum" in schema or "examples" in schema:
         if None in schema.get("enum", []):
-            labels["null"] = _default_label(f, lang)  # Airflow's select names the null option "null"
+            # the null option is the default only where the default is no value of the list (gpu_type,
+            # promote, pref_loss: "empty: ..."); Airflow's select names it "null"
+            labels["null"] = _default_label(f, lang)
         if labels:
             schema["values_display"] = labels
     section = SECTIONS[f.section - 1]
