@@ -100,11 +100,13 @@ def test_check_puts_a_bad_value_and_a_cross_field_error_at_their_fields(client):
     assert not body["ok"]
     errors = {e["field"]: e for e in body["errors"]}
     assert set(errors) == {"learning_rate", "lora_rank"}
-    assert errors["learning_rate"]["message"] == "must be > 0 and <= 1"
+    assert errors["learning_rate"]["message_en"] == "must be > 0 and <= 1"  # validate's own words
+    assert errors["learning_rate"]["message"] == "须为 > 0 且 <= 1"  # shown on the Chinese page
     assert errors["learning_rate"]["label"] == field_info("learning_rate").label("zh") == "学习率"
     assert errors["learning_rate"]["accepted"] == field_info("learning_rate").accepted("zh")
     # the cross-field rule is shown at lora_rank and at the field it names
-    assert "finetuning_method" in errors["lora_rank"]["message"]
+    assert "finetuning_method" in errors["lora_rank"]["message_en"]
+    assert errors["lora_rank"]["message"] == "仅用于微调方法为 lora 时（本任务的微调方法为 'full'）；请留空"
     assert errors["lora_rank"]["also"] == ["finetuning_method"]
     i = body["errors"].index(errors["lora_rank"])
     assert body["by_field"]["lora_rank"] == [i] and body["by_field"]["finetuning_method"] == [i]

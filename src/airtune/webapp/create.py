@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 from airtune import paths
 from airtune.spec import FIELD_BY_NAME, FIELDS, SECTIONS
+from airtune.webapp import rule_messages
 
 FINETUNE_DAG = "airtune_finetune"
 PREVIEW_ROWS = 5
@@ -219,12 +220,14 @@ def _error_row(e, lang: str) -> dict:
     info = FIELD_BY_NAME.get(top)
     shown = redact.value(e.value, e.field.rsplit(".", 1)[-1])
     message = redact.text(e.message)
-    row = {"field": e.field, "value": show_value(shown), "message": message, "text": str(e),
-           "also": _named_fields(e.field, e.message)}
+    # message: in the page's language (rule_messages: validate's English messages in Chinese, where a
+    # pattern has them); message_en: validate's own words, as the CLI and the validate task's log give them
+    row = {"field": e.field, "value": show_value(shown), "message": rule_messages.message(e.field, message, lang),
+           "message_en": message, "text": str(e), "also": _named_fields(e.field, e.message)}
     if info is not None:
         row["label"] = info.label(lang)
         if lang == "zh":
-            # The messages are English; the table has each field's accepted values in Chinese.
+            # what the field accepts, from the table's Chinese (beside a message left in English too)
             row["accepted"] = info.accepted("zh")
     return row
 
@@ -300,7 +303,7 @@ def check(values: Mapping, lang: str = "en", *, catalog=None, jobs=None) -> dict
                 "depends" if est["gpu_memory_gib_per_process"] > available else "yes")
     refusal = None
     if fits == "no":
-        refusal = next((r["message"] for r in rows if r["field"] == "gpu_type" and "GPU memory" in r["message"]), None)
+        refusal = next((r["message"] for r in rows if r["field"] == "gpu_type" and "GPU memory" in r["message_en"]), None)
     return {"ok": not rows, "errors": rows, "by_field": by_field, "auto": auto, "estimate": est, "fits": fits,
             "refusal": refusal, "runtime": resolved.get("runtime"), "model": resolved.get("model"),
             "warnings": resolved.get("warnings") or [], "resolved_spec": spec}
