@@ -239,14 +239,14 @@ class JobSpec:
     location: str = _f(
         "local", section=1, kind="str", catalog="locations",
         label_en="Location", label_zh="选择部署位置",
-        help_en="Where training runs: local (this machine) or a Kubernetes target of configs/locations.yaml.",
-        help_zh="选择部署位置：local（本机），或 configs/locations.yaml 中配置的 Kubernetes 集群。",
+        help_en="Where training runs: local (this machine) or one of the Kubernetes locations of the catalog.",
+        help_zh="选择部署位置：local（本机），或目录中配置的 Kubernetes 集群。",
     )
     base_model: str = _f(
         section=1, kind="str", required=True, catalog="models",
         label_en="Base model", label_zh="基础模型",
-        help_en="The model to fine-tune, from configs/models.yaml.",
-        help_zh="选择微调实验支持的模型（configs/models.yaml）。",
+        help_en="The model to fine-tune: one of the catalog's models.",
+        help_zh="选择微调实验支持的模型。",
     )
     template: str = _f(
         "auto", section=1, kind="str", catalog="templates",
@@ -290,7 +290,7 @@ class JobSpec:
     dataset: list = _f(
         section=1, kind="names", required=True, catalog="datasets",
         label_en="Training datasets", label_zh="训练数据集",
-        help_en="One or more datasets of configs/datasets.yaml (a list, or names separated by commas). Their "
+        help_en="One or more datasets of the catalog (a list, or names separated by commas). Their "
                 "format must fit the stage: instructions or conversations for sft, plain text for pt, preference "
                 "pairs for rm and dpo, labelled examples for kto; grpo takes the prompts of instructions, "
                 "conversations or preference pairs.",
