@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def airflow_api(monkeypatch):
 
 
 def post(client, path, values, **more):
-    return client.post(f"/api/jobs/{path}", json={"values": values, **more})
+    return client.post(f"/api/create/{path}", json={"values": values, **more})
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_choices_offer_finished_jobs_of_the_right_stage_and_each_locations_gpu_t
     finished(ws, "sft-a", "sft")
     finished(ws, "sft-q", "sft", base_model="qwen2.5-0.5b-instruct")
     finished(ws, "sft-running", "sft", done=False)
-    body = client.get("/api/jobs/choices").json()
+    body = client.get("/api/create/choices").json()
     assert [o["value"] for o in body["reward_model"]] == ["rm-a"]
     assert {o["value"]: o["base_model"] for o in body["parent_job"]} == {"sft-a": "tiny-llama-dev",
                                                                         "sft-q": "qwen2.5-0.5b-instruct"}
@@ -174,7 +175,7 @@ def test_choices_offer_finished_jobs_of_the_right_stage_and_each_locations_gpu_t
 def test_the_page_has_every_field_with_the_tables_labels(client, monkeypatch):
     for lang in ("en", "zh"):
         monkeypatch.setenv("AIRTUNE_FORM_LANG", lang)
-        html = client.get("/jobs/new").text
+        html = client.get("/create").text
         for f in FIELDS:
             assert f'id="field-{f.name}"' in html, f.name
             assert create_templates._env.filters["e"](f.label(lang)) in html, f.name
@@ -273,3 +274,48 @@ def test_submit_refuses_errors_without_a_run(client, airflow_api):
     assert r.status_code == 422
     assert [e["field"] for e in r.json()["detail"]["errors"]] == ["learning_rate"]
     assert airflow_api == []
+
+
+# -- the wizard's routes leave every job name to its job -------------------------------------------
+
+def _job_routes(app) -> list[tuple[set, re.Pattern]]:
+    """(methods, what the path matches) of each route of one job: /jobs/{name}, /api/jobs/{name}/..."""
+    from airtune.spec import _END, DNS_LABEL_PATTERN
+
+    name = DNS_LABEL_PATTERN.removeprefix("^").removesuffix(_END)
+    return [(set(r.methods), re.compile(re.escape(r.path).replace(re.escape("{name}"), f"(?:{name})")))
+            for r in app.routes if "{name}" in getattr(r, "path", "")]
+
+
+def test_no_route_of_the_page_shadows_a_jobs_own(client):
+    """A path such as /jobs/new (the wizard once) would hide the job named new: none may match a job's route."""
+    app = client.app
+    job_routes = _job_routes(app)
+    assert len(job_routes) >= 5
+    fixed = [r for r in app.routes if "{" not in getattr(r, "path", "{")]
+    assert {"/create", "/api/create/choices", "/api/create/check", "/api/create/submit"} <= {r.path for r in fixed}
+    for route in fixed:
+        for methods, pattern in job_routes:
+            if methods & set(getattr(route, "methods", None) or ()) and pattern.fullmatch(route.path):
+                pytest.fail(f"{sorted(methods)} {route.path} is a job's route: it hides the job of that name")
+    for path in ("/jobs/new", "/api/jobs/choices"):  # where the wizard was: a job's again
+        assert any(p.fullmatch(path) for _, p in job_routes), path
+
+
+def test_a_job_named_new_has_its_page_and_the_button_opens_the_wizard(client, monkeypatch):
+    from airtune.webapp import data
+
+    asked_for = []
+
+    def job_detail(name, run=None):
+        asked_for.append(name)
+        raise data.NotFound(f"no job named {name}")
+
+    monkeypatch.setattr(data, "job_detail", job_detail)
+    monkeypatch.setattr(data, "job_rows", lambda: [])
+    assert client.get("/jobs/new").status_code == 404
+    assert client.get("/api/jobs/choices").status_code == 404
+    assert asked_for == ["new", "choices"]  # the job's own look-ups, not the wizard
+    html = client.get("/jobs").text
+    assert re.search(r'id="new-job" href="[^"]*/create"', html), html
+    assert 'id="field-name"' in client.get("/create").text

@@ -1,5 +1,5 @@
 """In a real browser (headless chromium, Playwright) against the real stack (tests/e2e/stack.py): the
-jobs page's "New job" button and its create wizard (/airtune/jobs/new).
+jobs page's "New job" button and its create wizard (/airtune/create).
 
 - a bad value and a cross-field error are shown at their fields, the start button stays disabled
   and no run is created;
@@ -34,9 +34,9 @@ def login(page, stack) -> None:
 def open_wizard(page, stack, lang: str | None = None) -> None:
     page.goto(f"{stack.url}/airtune/jobs")
     page.click("#new-job")
-    page.wait_for_url(re.compile(r"/airtune/jobs/new"))
+    page.wait_for_url(re.compile(r"/airtune/create"))
     if lang:
-        page.goto(f"{stack.url}/airtune/jobs/new?lang={lang}")
+        page.goto(f"{stack.url}/airtune/create?lang={lang}")
     page.wait_for_function("document.getElementById('check-status').textContent !== ''")
 
 
@@ -103,7 +103,7 @@ def test_errors_at_their_fields_and_no_run(page, airflow_stack, artifacts):
     page.click("#tab-0")
     page.screenshot(path=str(artifacts / "wizard-03-cross-field-at-finetuning-method.png"), full_page=True)
     # the button cannot be used; a forced call to the endpoint is refused the same way
-    status, body = stack.request("POST", "/airtune/api/jobs/submit", {"values": {"name": name, "base_model": "tiny-llama-dev",
+    status, body = stack.request("POST", "/airtune/api/create/submit", {"values": {"name": name, "base_model": "tiny-llama-dev",
                                  "dataset": ["alpaca_en_demo"], "learning_rate": -1}})
     assert status == 422, body
     assert runs_of(stack, name) == []

@@ -68,7 +68,7 @@ def create_app() -> FastAPI:
     def icon():
         return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
-    # the create wizard (webapp/create_routes.py): before /jobs/{name} and /api/jobs/{name}
+    # the create wizard (webapp/create_routes.py): /create and /api/create/..., where no job name reaches
     from airtune.webapp import create_routes
 
     create_routes.register(app, read=read, trigger=[_requires("POST")], base=_base, same_origin=_same_origin)

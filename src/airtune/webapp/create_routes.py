@@ -1,13 +1,20 @@
-"""The create wizard's routes (registered by app.create_app before /jobs/{name}):
+"""The create wizard's routes:
 
-    GET  /airtune/jobs/new               the wizard (read)
-    GET  /airtune/api/jobs/choices       its select options: catalog, finished jobs, GPU types by location (read)
-    POST /airtune/api/jobs/check         {values, lang?} -> errors at their fields, auto values, estimate (read)
-    POST /airtune/api/jobs/preview       {values, rows?} -> the dataset preview (POST on the runs, as "Try
+    GET  /airtune/create                 the wizard (read)
+    GET  /airtune/api/create/choices     its select options: catalog, finished jobs, GPU types by location (read)
+    POST /airtune/api/create/check       {values, lang?} -> errors at their fields, auto values, estimate (read)
+    POST /airtune/api/create/preview     {values, rows?} -> the dataset preview (POST on the runs, as "Try
                                          it": it prepares data in a process of its own, compute a run spends)
-    POST /airtune/api/jobs/submit        {values} -> checks again, then starts the run through Airflow's REST
+    POST /airtune/api/create/submit      {values} -> checks again, then starts the run through Airflow's REST
                                          API (POST /api/v2/dags/airtune_finetune/dagRuns) with the caller's
                                          own token: Airflow's permission, as its trigger form's
+
+Why not under /jobs/: /airtune/jobs/{name} and /airtune/api/jobs/{name} are a job's own pages, and any
+word that fits a job name (new, choices, check ...) is a name someone may give a job. The wizard was at
+/airtune/jobs/new, which hid the job named `new` (and /api/jobs/choices the job `choices`). Its routes
+now live where no job name can reach (`create` is a path segment of its own, beside `jobs`), so no
+name has to be reserved and the name rule stays the one of docs/form.md. tests/test_webapp_create.py
+checks that no route of the app shadows a job's.
 """
 
 from __future__ import annotations
@@ -66,22 +73,22 @@ def api_url(request: Request) -> str:
 def register(app: FastAPI, *, read: list, trigger: list, base, same_origin) -> None:
     from airtune.webapp import create_templates
 
-    @app.get("/jobs/new", dependencies=read, response_class=HTMLResponse)
+    @app.get("/create", dependencies=read, response_class=HTMLResponse)
     def new_job_page(request: Request):
         lang = _lang(request)
         return create_templates.render_wizard(base=base(request), lang=lang, choices=create.choices(lang),
                                               sections=create.sections(lang))
 
-    @app.get("/api/jobs/choices", dependencies=read)
+    @app.get("/api/create/choices", dependencies=read)
     def api_choices(request: Request):
         return create.choices(_lang(request))
 
-    @app.post("/api/jobs/check", dependencies=read)
+    @app.post("/api/create/check", dependencies=read)
     async def api_check(request: Request):
         body = await _body(request)
         return await run_in_threadpool(create.check, body.get("values") or {}, _lang(request, body))
 
-    @app.post("/api/jobs/preview", dependencies=trigger)
+    @app.post("/api/create/preview", dependencies=trigger)
     async def api_preview(request: Request):
         same_origin(request, "preview")
         body = await _body(request)
@@ -93,7 +100,7 @@ def register(app: FastAPI, *, read: list, trigger: list, base, same_origin) -> N
         except create.PreviewError as exc:
             raise HTTPException(exc.status, {"message": str(exc), **exc.extra}) from None
 
-    @app.post("/api/jobs/submit", dependencies=trigger)
+    @app.post("/api/create/submit", dependencies=trigger)
     async def api_submit(request: Request):
         same_origin(request, "create")
         body = await _body(request)

@@ -1,8 +1,8 @@
-"""The create wizard's page (/airtune/jobs/new): the seed platform's three steps (任务基本信息, 任务配置,
+"""The create wizard's page (/airtune/create): the seed platform's three steps (任务基本信息, 任务配置,
 高级配置) with sections 4 and 5 of the field table collapsed under the last one, a pre-flight panel and
 the dataset preview. Every field, label and help text comes from spec.FIELDS (create.sections), the
 options from the catalog and the finished jobs (create.choices); the checks are the server's
-(POST api/jobs/check, the code `airtune validate` runs): this page only shows them."""
+(POST api/create/check, the code `airtune validate` runs): this page only shows them."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ function updateSubmit() {
 }
 async function check() {
   const seq = ++checkSeq; $('check-status').textContent = T.checking;
-  const r = await fetch(`${base}/api/jobs/check`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
+  const r = await fetch(`${base}/api/create/check`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
     body: JSON.stringify({values: values(), lang})});
   if (seq !== checkSeq) return;
   if (!r.ok) { $('check-status').textContent = `check failed (${r.status})`; return; }
@@ -272,7 +272,7 @@ function renderPreview(p) {
 async function preview() {
   previewing = true; $('preview-status').textContent = T.preview_running; $('preview-button').disabled = true;
   try {
-    const r = await fetch(`${base}/api/jobs/preview`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
+    const r = await fetch(`${base}/api/create/preview`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
       body: JSON.stringify({values: values()})});
     const body = await r.json().catch(() => null);
     if (!r.ok) { lastPreview = null; const d = body && body.detail;
@@ -289,7 +289,7 @@ $('submit').addEventListener('click', async () => {
   if ($('submit').disabled) return;
   submitting = true; updateSubmit(); $('submit-reason').textContent = T.starting;
   try {
-    const r = await fetch(`${base}/api/jobs/submit`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
+    const r = await fetch(`${base}/api/create/submit`, {method: 'POST', headers: {'Content-Type': 'application/json', Accept: 'application/json'},
       body: JSON.stringify({values: values(), lang})});
     const body = await r.json().catch(() => null);
     if (r.ok) { location.href = `${base}/jobs/${encodeURIComponent(body.name)}?run=${encodeURIComponent(body.run_id)}`; return; }

@@ -86,7 +86,7 @@ JOBS = """{% extends "layout.html" %}
 {% block title %}{{ tr('jobs.title') }} · airtune{% endblock %}
 {% block body %}
 <h1>{{ tr('jobs.title') }}</h1>
-<p><a class="newjob" id="new-job" href="{{ base }}/jobs/new">{{ tr('jobs.new') }}</a></p>
+<p><a class="newjob" id="new-job" href="{{ base }}/create">{{ tr('jobs.new') }}</a></p>
 <p class="muted">{{ tr('jobs.intro', dag=code('airtune_finetune')) }}</p>
 {% if not jobs %}<p id="no-jobs">{{ tr('jobs.none') }}</p>{% else %}
 <table id="jobs">
