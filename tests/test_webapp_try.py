@@ -103,8 +103,7 @@ def test_prompt_checks(client, monkeypatch):
     started = fake_model(monkeypatch, ANSWER)
     r = client.post(URL, json={"prompt": "x" * (data.TRY_MAX_PROMPT + 1)})
     assert r.status_code == 400
-    assert r.json() == {"detail": "the prompt is 2,001 characters long; at most 2,000 are answered here "
-                                  "(airtune generate on the command line takes longer ones)"}
+    assert r.json() == {"detail": "the prompt is 2,001 characters long; at most 2,000 are answered here: shorten it"}
     assert started == []
     for body, detail in (({"prompt": "  "}, "type a prompt first"), ({}, "type a prompt first"),
                          ({"prompt": 5}, "type a prompt first"),

@@ -159,7 +159,8 @@ def create_app() -> FastAPI:
             raise HTTPException(400, i18n.text(_lang(request), "delete.confirm_mismatch", name=name, got=repr(confirm.strip())))
         code, out, err = data.delete(name, force=force)
         page = templates.render("deleted.html", lang=_lang(request), base=_base(request), name=name, ok=code == 0,
-                                lines=[line for line in out.splitlines() if line.strip()], error=err.strip())
+                                lines=[line for line in out.splitlines() if line.strip()],
+                                error=i18n.delete_error(_lang(request), err.strip()))
         return HTMLResponse(page, status_code=200 if code == 0 else 409)
 
     return app

@@ -463,8 +463,8 @@ def check_prompt(prompt, max_new_tokens) -> tuple[str, int]:
     if not isinstance(prompt, str) or not prompt.strip():
         raise TryError(400, "type a prompt first")
     if len(prompt) > TRY_MAX_PROMPT:
-        raise TryError(400, f"the prompt is {len(prompt):,} characters long; at most {TRY_MAX_PROMPT:,} are answered here "
-                            "(airtune generate on the command line takes longer ones)")
+        raise TryError(400, f"the prompt is {len(prompt):,} characters long; at most {TRY_MAX_PROMPT:,} are answered here: "
+                            "shorten it")
     if "\x00" in prompt:
         raise TryError(400, "the prompt contains a NUL character")
     if max_new_tokens is None:
@@ -561,8 +561,7 @@ def _run_generate(name: str, version: str, prompt: str, max_new_tokens: int) -> 
         except ProcessLookupError:
             pass
         p.communicate()
-        raise TryError(504, f"no answer in {TRY_TIMEOUT_S} s: the model process was stopped; try a shorter prompt, "
-                            f"or airtune generate {name} on the command line") from None
+        raise TryError(504, f"no answer in {TRY_TIMEOUT_S} s: the model process was stopped; try a shorter prompt") from None
     except BaseException:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

@@ -9,6 +9,7 @@ browser prefers zh over en, else English).
 from __future__ import annotations
 
 import os
+import re
 
 LANGS = ("en", "zh")
 
@@ -16,8 +17,9 @@ LANGS = ("en", "zh")
 MESSAGES: dict[str, tuple[str, str]] = {
     # the list
     "jobs.title": ("Fine-tuning jobs", "微调任务"),
-    "jobs.intro": ("Each job is one run of {dag} (or of a retraining DAG). Start one from Airflow's trigger form or the REST API.",
-                   "每个任务是 {dag}（或重训练 DAG）的一次运行。可从 Airflow 的触发表单或 REST API 创建。"),
+    "jobs.intro": ("Each job is one run of {dag} (or of a retraining DAG). Start one with New job, or from Airflow's trigger "
+                   "form or the REST API.",
+                   "每个任务是 {dag}（或重训练 DAG）的一次运行。可用“新建任务”创建，也可从 Airflow 的触发表单或 REST API 创建。"),
     "jobs.none": ("No jobs yet.", "还没有任务。"),
     "jobs.new": ("+ New job", "+ 新建任务"),
     "col.name": ("Name", "任务名称"),
@@ -57,10 +59,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "kv.metrics": ("Metrics", "指标"),
     "kv.files": ("Files", "文件目录"),
     "try.title": ("Try it", "试用模型"),
-    "try.about": ("Answered by <b>{name} version {v}</b> ({chosen_by}), as <code>airtune generate</code> answers: greedy decoding "
+    "try.about": ("Answered by <b>{name} version {v}</b> ({chosen_by}) with greedy decoding "
                   "(the same prompt gets the same answer), at most {tokens} new tokens, by a process of its own on the machine "
                   "running Airflow's api-server (loading the model takes a few seconds). One prompt at a time, up to {chars} characters.",
-                  "由 <b>{name} 版本 {v}</b>（{chosen_by}）回答，与 <code>airtune generate</code> 相同：贪心解码（同一提示词得到同一回答），"
+                  "由 <b>{name} 版本 {v}</b>（{chosen_by}）以贪心解码回答（同一提示词得到同一回答），"
                   "最多生成 {tokens} 个新词元，在运行 Airflow api-server 的机器上由独立进程执行（加载模型需要几秒）。"
                   "一次一个提示词，最多 {chars} 个字符。"),
     "try.chosen.champion": ("alias champion, a person's choice", "别名 champion，人工选定"),
@@ -163,6 +165,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "delete.warning_files": (", and its files", "，以及它的文件"),
     "delete.confirm": ("Type the job's name to confirm:", "输入任务名称以确认："),
     "delete.force": ("cancel its active run first", "先取消正在进行的运行"),
+    "delete.active_hint": ("Wait for it to finish, or open the job again, tick “cancel its active run first” and delete.",
+                           "请等待它结束，或回到任务页面，勾选“先取消正在进行的运行”后再删除。"),
     "delete.button": ("Delete {name}", "删除 {name}"),
     "delete.pending": ("deleting… (cancelling an active run first can take a minute)", "正在删除…（先取消正在进行的运行可能需要一分钟）"),
     "delete.failed_request": ("delete: no answer from the server: {error}", "删除：服务器没有响应：{error}"),
@@ -225,6 +229,17 @@ def text(lang: str, key: str, **values) -> str:
     en, zh = MESSAGES[key]
     s = zh if lang == "zh" else en
     return s.format(**values) if values else s
+
+
+# The page deletes through `airtune delete` (data.delete), whose refusal of a job with an active run
+# tells a terminal user about its --force flag; on the page that is the box "cancel its active run
+# first" (delete.force), so the page says that instead (the CLI's own words stay the CLI's).
+_CLI_FORCE_HINT = re.compile(r"[Ww]ait for it to finish, or use --force to cancel it first\.?")
+
+
+def delete_error(lang: str, error: str) -> str:
+    """`airtune delete`'s error as the page shows it: what to do on the page, not a command-line flag."""
+    return _CLI_FORCE_HINT.sub(lambda _: text(lang, "delete.active_hint"), error)
 
 
 def state(lang: str, value) -> str:
