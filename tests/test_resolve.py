@@ -15,7 +15,7 @@ import pytest
 from airtune import resolve as R
 from airtune.catalog import Catalog
 from airtune.resolve import format_errors, validate_mapping
-from airtune.spec import SpecError, parse, show_value
+from airtune.spec import FIELDS, SpecError, parse, show_value
 
 REAL_DETECT = R.detect_hardware
 BASE = {"name": "demo-job", "base_model": "tiny-llama-dev", "dataset": "identity"}
@@ -71,32 +71,21 @@ def errors_of(catalog, mapping, hardware=None, jobs=None):
 
 # -- the resolved spec ----------------------------------------------------------------------------
 
-# What validate writes for tiny-llama-dev on the CPU: the trainer's tests build exactly this
-# (tests/train/helpers.py SPEC_DEFAULTS), so the two sides agree on every key and value.
-TRAINER_VIEW = {
-    "name": "train-test", "location": "local", "base_model": "tiny-llama-dev", "template": "chatml",
-    "finetuning_method": "lora", "stage": "sft", "dataset": ["identity"], "reward_model": None, "parent_job": None,
-    "gpu_type": "cpu", "gpus_per_node": 0, "nodes": 1, "cpu": 8, "memory_gib": 64,
-    "learning_rate": 5e-3, "num_train_epochs": 3.0, "max_grad_norm": 1.0, "max_samples": None,
-    "compute_type": "fp32", "cutoff_len": 128, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
-    "val_size": 0.2, "lr_scheduler_type": "cosine", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1,
-    "loraplus_lr_ratio": None, "quantization_bit": "none", "quantization_method": "bnb", "rope_scaling": "none",
-    "booster": "sdpa", "distributed": "ddp", "logging_steps": 2, "save_steps": 10, "warmup_steps": 0,
-    "neftune_noise_alpha": None, "optimizer": "adamw_torch", "seed": 42, "extra_args": {},
-    "lora_target": "all", "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None,
-    "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
-    "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
-    "eval_dataset": None, "eval_max_samples": 50, "eval_benchmarks": None, "promote": "never",
-    "promote_metric": "eval_loss", "promote_timeout_hours": None, "notify": None,
-}
+# What validate writes for tiny-llama-dev on the CPU: the table's defaults (airtune.spec.FIELDS), the
+# job's own values, and what resolve fills in (the `auto` values and the defaults that depend on the method).
+TRAINER_JOB = {"name": "train-test", "base_model": "tiny-llama-dev", "dataset": "identity", "learning_rate": 5e-3,
+               "cutoff_len": 128, "per_device_train_batch_size": 4, "val_size": 0.2, "logging_steps": 2,
+               "save_steps": 10}
+FILLED_IN = {"template": "chatml", "gpu_type": "cpu", "gpus_per_node": 0, "compute_type": "fp32", "booster": "sdpa",
+             "distributed": "ddp", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "lora_target": "all",
+             "packing": False, "promote": "never"}
+TRAINER_VIEW = {**{f.name: f.default for f in FIELDS}, **TRAINER_JOB, "dataset": ["identity"], **FILLED_IN}
 
 
 def test_local_defaults_resolve_to_what_the_trainer_expects(catalog):
-    resolved = validate_mapping({"name": "train-test", "base_model": "tiny-llama-dev", "dataset": "identity",
-                                 "learning_rate": 5e-3, "cutoff_len": 128, "per_device_train_batch_size": 4,
-                                 "val_size": 0.2, "logging_steps": 2, "save_steps": 10}, catalog)
+    resolved = validate_mapping(TRAINER_JOB, catalog)
     assert resolved["spec"] == TRAINER_VIEW
-    assert set(resolved) == {"airtune_version", "spec", "model", "template", "datasets", "eval_datasets",
+    assert set(resolved) == {"format_version", "airtune_version", "spec", "model", "template", "datasets", "eval_datasets",
                              "benchmarks", "location", "runtime", "parent", "reward_model", "estimate", "warnings"}
     assert resolved["runtime"] == {"nodes": 1, "gpus_per_node": 0, "world_size": 1, "device": "cpu",
                                    "processes_per_node": 1, "gpu_type": "cpu"}

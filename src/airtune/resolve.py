@@ -24,6 +24,9 @@ from typing import Any, Mapping, Protocol
 import airtune
 from airtune import paths
 from airtune.catalog import Catalog, Location, ModelEntry
+from airtune.resolved import (BenchmarkRecord, DatasetRecord, EarlierJob, Estimate, LocationRecord,
+                              ModelRecord, Resolved, Runtime, TemplateRecord, as_settings,
+                              settings_from_json)
 from airtune.spec import APPLIED_DEFAULTS, FieldError, JobSpec, SpecError, parse_partial
 
 # docs/form.md: the dataset's format must fit the stage (one table, airtune.stages; the data step reads it too).
@@ -173,7 +176,7 @@ def trainable_params(model: ModelEntry, method: str, lora_rank: int | None, free
     return total * 0.005
 
 
-def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, row_tokens: int | None = None,
+def estimate_gpu_memory(model: ModelEntry, spec: Any, world_size: int, *, row_tokens: int | None = None,
                         vocab_size: int | None = None) -> dict:
     """GPU memory one training process needs, in GiB, with its parts (resolved spec values).
 
@@ -208,9 +211,10 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, ro
     Example (the tests'): qwen2.5-7b-instruct, lora bf16, batch 8 × 2048 tokens on one H100:
     14.2 (weights) + 0.3 (adapter states) + 4.9 (layers) + 0.6 (fused LM head) + 2.0 = ~22 GiB of 80.
     """
-    method, compute = spec["finetuning_method"], spec["compute_type"]
-    bits = spec.get("quantization_bit") or "none"
-    distributed, optimizer = spec["distributed"], spec["optimizer"]
+    spec = as_settings(spec)
+    method, compute = spec.finetuning_method, spec.compute_type
+    bits = spec.quantization_bit
+    distributed, optimizer = spec.distributed, spec.optimizer
     params = model.params_b * 1e9
     if method == "lora" and bits == "4":
         weight_bytes = 0.52
@@ -224,7 +228,7 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, ro
         weight_bytes = 2.0
     weights = params * weight_bytes
 
-    trainable = trainable_params(model, method, spec.get("lora_rank"), spec.get("freeze_trainable_layers"))
+    trainable = trainable_params(model, method, spec.lora_rank, spec.freeze_trainable_layers)
     grad_bytes = 2.0 if compute == "pure_bf16" else 4.0
     state_bytes = OPTIMIZER_STATE_BYTES.get(optimizer, 8.0) / (2.0 if compute == "pure_bf16" else 1.0)
     copy_bytes = 4.0 if method == "lora" else (4.0 - weight_bytes if method == "freeze" else 0.0)
@@ -240,9 +244,9 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, ro
     if distributed == "zero3_offload":
         states = 0.0
 
-    stage = spec.get("stage") or "sft"
-    row = int(row_tokens if row_tokens is not None else spec["cutoff_len"])
-    tokens = spec["per_device_train_batch_size"] * row * SEQUENCES_PER_ROW.get(stage, 1)
+    stage = spec.stage
+    row = int(row_tokens if row_tokens is not None else spec.cutoff_len)
+    tokens = spec.per_device_train_batch_size * row * SEQUENCES_PER_ROW.get(stage, 1)
     hidden = model.hidden_size or int(math.sqrt(params / (12 * (model.num_layers or 32))))
     layers = model.num_layers or 32
     compute_bytes = 4.0 if compute == "fp32" else 2.0
@@ -250,7 +254,7 @@ def estimate_gpu_memory(model: ModelEntry, spec: Mapping, world_size: int, *, ro
     vocab = vocab_size or getattr(model, "vocab_size", None) or ASSUMED_VOCAB
     if stage == "rm":
         logits = 0.0
-    elif float((spec.get("extra_args") or {}).get("label_smoothing_factor") or 0) > 0:
+    elif float(spec.extra_args.get("label_smoothing_factor") or 0) > 0:
         logits = tokens * vocab * (compute_bytes + 4.0)
     else:
         logits = (min(tokens, FUSED_TILE_TOKENS) * min(vocab, FUSED_TILE_VOCAB) * compute_bytes
@@ -297,22 +301,35 @@ def _trl_config_fields(stage: str, pref_loss: str | None) -> tuple[str, dict]:
 # -- resolve --------------------------------------------------------------------------------------
 
 
-def resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None = None, jobs: JobLookup | None = None) -> dict:
-    """The resolved spec (docs/architecture.md). Raises SpecError with every error at once."""
-    resolved, errors = _resolve(spec, catalog, hardware=hardware, jobs=jobs, skip=set())
+def resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None = None,
+                  jobs: JobLookup | None = None) -> Resolved:
+    """The resolved spec as a typed record (airtune.resolved). Raises SpecError with every error at once."""
+    resolved, errors = _resolve_typed(spec, catalog, hardware=hardware, jobs=jobs, skip=set())
     if errors:
         raise SpecError(errors)
     return resolved
 
 
-def validate_mapping(mapping: Mapping, catalog: Catalog | None = None, *, hardware: dict | None = None,
-                     jobs: JobLookup | None = None) -> dict:
-    """parse + resolve, reporting the errors of both at once (what `airtune validate` and the validate task run)."""
+def resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None = None, jobs: JobLookup | None = None) -> dict:
+    """The resolved spec as spec.json holds it (docs/architecture.md): `resolve_typed(...).to_json()`."""
+    return resolve_typed(spec, catalog, hardware=hardware, jobs=jobs).to_json()
+
+
+def validate_typed(mapping: Mapping, catalog: Catalog | None = None, *, hardware: dict | None = None,
+                   jobs: JobLookup | None = None) -> Resolved:
+    """parse + resolve, reporting the errors of both at once; the typed record (airtune.resolved)."""
     spec, errors, bad = parse_partial(mapping)
-    resolved, more = _resolve(spec, catalog or Catalog.load(), hardware=hardware, jobs=jobs, skip=bad)
+    resolved, more = _resolve_typed(spec, catalog or Catalog.load(), hardware=hardware, jobs=jobs, skip=bad)
     if errors or more:
         raise SpecError(errors + more)
     return resolved
+
+
+def validate_mapping(mapping: Mapping, catalog: Catalog | None = None, *, hardware: dict | None = None,
+                     jobs: JobLookup | None = None) -> dict:
+    """parse + resolve, reporting the errors of both at once (what `airtune validate` and the validate task run):
+    the resolved spec as spec.json holds it, `validate_typed(...).to_json()`."""
+    return validate_typed(mapping, catalog, hardware=hardware, jobs=jobs).to_json()
 
 
 def format_errors(error: SpecError) -> str:
@@ -324,6 +341,13 @@ def format_errors(error: SpecError) -> str:
 
 def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: JobLookup | None,
              skip: set) -> tuple[dict, list[FieldError]]:
+    """(resolved spec as spec.json holds it, errors): `_resolve_typed`'s, for callers that read the dict."""
+    resolved, errors = _resolve_typed(spec, catalog, hardware=hardware, jobs=jobs, skip=skip)
+    return resolved.to_json(), errors
+
+
+def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: JobLookup | None,
+                   skip: set) -> tuple[Resolved, list[FieldError]]:
     """(resolved spec, errors). Rules that involve a field in `skip` (already refused) are not checked."""
     v = spec.to_dict()
     errors: list[FieldError] = []
@@ -609,44 +633,44 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
                 f"again with the data's longest row, and fails there (before any GPU is asked for) if even that "
                 f"does not fit")
 
-    resolved = {
-        "airtune_version": airtune.__version__,
-        "spec": out,
-        "model": _model_record(model, rope_factor),
-        "template": ({"name": template, "path": str(catalog.templates[template].path)}
-                     if template in catalog.templates else None),
-        "datasets": datasets,
-        "eval_datasets": eval_datasets,
-        "benchmarks": benchmarks,
-        "location": _location_record(location, gpu_name),
-        "runtime": {"nodes": nodes, "gpus_per_node": gpus, "world_size": world_size, "device": device,
-                    "processes_per_node": max(1, gpus), "gpu_type": gpu_name},
-        "parent": parent,
-        "reward_model": reward_model,
-        "estimate": estimate,
-        "warnings": warnings,
-    }
+    resolved = Resolved(
+        airtune_version=airtune.__version__,
+        spec=settings_from_json(out),
+        model=_model_record(model, rope_factor),
+        template=(TemplateRecord(name=template, path=str(catalog.templates[template].path))
+                  if template in catalog.templates else None),
+        datasets=tuple(datasets),
+        eval_datasets=tuple(eval_datasets),
+        benchmarks=tuple(BenchmarkRecord(**b) for b in benchmarks),
+        location=LocationRecord.from_json(_location_record(location, gpu_name)),
+        runtime=Runtime(nodes=nodes, gpus_per_node=gpus, world_size=world_size, device=device,
+                        processes_per_node=max(1, gpus), gpu_type=gpu_name),
+        parent=EarlierJob(**parent) if parent else None,
+        reward_model=EarlierJob(**reward_model) if reward_model else None,
+        estimate=Estimate(**estimate),
+        warnings=tuple(warnings),
+    )
     return resolved, errors
 
 
-def _dataset_record(entry) -> dict:
+def _dataset_record(entry) -> DatasetRecord:
     """A catalog dataset as the resolved spec holds it (datasets, eval_datasets)."""
-    return {"name": entry.name, "format": entry.format, "kind": entry.kind,
-            "files": [str(p) for p in entry.files], "columns": dict(entry.columns),
-            "tags": dict(entry.tags), **({"fill": dict(entry.fill)} if entry.fill else {})}
+    return DatasetRecord(name=entry.name, format=entry.format, kind=entry.kind,
+                         files=tuple(str(p) for p in entry.files), columns=dict(entry.columns),
+                         tags=dict(entry.tags), fill=dict(entry.fill) if entry.fill else None)
 
 
 def _parts(parts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in parts.items())
 
 
-def _model_record(model: ModelEntry | None, rope_factor: int | None) -> dict | None:
+def _model_record(model: ModelEntry | None, rope_factor: int | None) -> ModelRecord | None:
     if model is None:
         return None
-    return {"name": model.name, "family": model.family, "kind": model.kind, "template": model.template,
-            "context_length": model.context_length, "params_b": model.params_b, "num_layers": model.num_layers,
-            "hidden_size": model.hidden_size, "weights": model.weights(), "revision": model.revision,
-            "rope_factor": rope_factor}
+    return ModelRecord(name=model.name, family=model.family, kind=model.kind, template=model.template,
+                       context_length=model.context_length, params_b=model.params_b, num_layers=model.num_layers,
+                       hidden_size=model.hidden_size, weights=model.weights(), revision=model.revision,
+                       rope_factor=rope_factor)
 
 
 def _location_record(location: Location | None, gpu_name: str | None) -> dict | None:
