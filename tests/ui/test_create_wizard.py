@@ -117,6 +117,8 @@ def test_errors_at_their_fields_and_no_run(page, airflow_stack, artifacts):
     page.wait_for_selector("#err-learning_rate:not([hidden])")
     assert FIELD["learning_rate"].label("zh") in page.inner_text("#field-learning_rate")
     assert "可接受" in page.inner_text("#err-learning_rate")
+    assert "须为 > 0 且 <= 1" in page.inner_text("#err-learning_rate")  # the message itself in Chinese
+    assert "must be" not in page.inner_text("#err-learning_rate")
     page.screenshot(path=str(artifacts / "wizard-04-zh-error.png"), full_page=True)
 
 
