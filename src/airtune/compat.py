@@ -114,6 +114,9 @@ RELIES_ON: list[Reliance] = [
              "assigned", ("job_name", "job_namespace", "kubernetes_conn_id", "in_cluster", "config_file", "cluster_context")),
     # Airflow: the logger an operator logs with (launch/kubernetes/rendering.py keeps `airtune render` quiet)
     Reliance("airflow.sdk", "BaseOperator._cached_logger", _AIRFLOW, "compat.set_operator_logger"),
+    # the model types AutoTokenizer loads with another class than their hub files name (data/encode.py)
+    Reliance("transformers.models.auto.tokenization_auto", "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", _TF,
+             "compat.models_with_wrong_hub_tokenizer_class"),
     # an operator run inside another task's execute (launch/kubernetes/deferred.py)
     Reliance("airflow.sdk.bases.operator", "ExecutorSafeguard.tracker", _AIRFLOW, "compat.execute_nested"),
     Reliance("airflow.sdk.bases.operator", "ExecutorSafeguard.decorator", _AIRFLOW, "compat.execute_nested", "calls",
@@ -400,6 +403,17 @@ def mlflow_hard_delete(store, *, run_id: str | None = None, logged_model_id: str
         raise _gone(f"{type(store).__name__}.{name}", _MLFLOW, "mlflow_hard_delete")
     method(value)
     return True
+
+
+def models_with_wrong_hub_tokenizer_class() -> frozenset[str]:
+    """The model types whose hub tokenizer_config names a class AutoTokenizer does not use for them
+    (AutoTokenizer checks this set before it trusts a generic tokenizer_class)."""
+    from transformers.models.auto import tokenization_auto
+
+    names = getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", None)
+    if names is None:
+        raise _gone("tokenization_auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", _TF, "models_with_wrong_hub_tokenizer_class")
+    return frozenset(names)
 
 
 # -- Airflow and the cncf.kubernetes provider ----------------------------------------------------

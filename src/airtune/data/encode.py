@@ -35,11 +35,43 @@ class TemplateRefused(Exception):
     """The chat template raised (e.g. "roles must alternate") or cannot be split into turns for this row."""
 
 
+# The tokenizer classes that are transformers' generic one (a tokenizer.json, nothing model-specific)
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(weights: str, revision: str | None = None):
+    """The model folder's tokenizer, as AutoTokenizer loads it.
+
+    AutoTokenizer reads the model's configuration first, to choose the tokenizer class by model type;
+    importing a model's configuration class imports torch and what transformers' modelling code
+    needs (~3.5 s on a quiet core, 8 s on a busy one), which the data step otherwise never loads.
+    Where the folder's tokenizer_config.json names transformers' generic class itself (what
+    `save_pretrained` writes in transformers 5, so every model airtune builds or converts) with no
+    custom code, and the model type is not one whose hub files name the wrong class, AutoTokenizer
+    ends in that class's `from_pretrained`: it is called directly. Any other folder goes through
+    AutoTokenizer (tests/data/test_tokenizer_load.py checks both give the same tokens)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    folder = Path(weights)
+    if revision is None and folder.is_dir() and _generic_tokenizer(folder):
+        from transformers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(weights)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(weights, revision=revision)
+
+
+def _generic_tokenizer(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return False
+    if config.get("tokenizer_class") not in GENERIC_TOKENIZERS or "auto_map" in config or not (folder / "tokenizer.json").is_file():
+        return False
+    from airtune import compat
+
+    return model_type not in compat.models_with_wrong_hub_tokenizer_class()
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
