@@ -189,10 +189,11 @@ def test_warmup_stable_decay_decays_over_a_share_of_max_steps(tmp_path):
     pytest.importorskip("trl")
     from airtune.train.args import map_spec
 
-    spec = {"name": "wsd", "stage": "sft", "finetuning_method": "lora", "per_device_train_batch_size": 4,
-            "gradient_accumulation_steps": 1, "num_train_epochs": 3.0, "lr_scheduler_type": "warmup_stable_decay",
-            "decay_ratio": 0.2, "learning_rate": 1e-4, "max_grad_norm": 1.0, "logging_steps": 1, "save_steps": 10,
-            "cutoff_len": 64, "extra_args": {"max_steps": 20}}
-    resolved = {"spec": spec, "runtime": {"device": "cpu", "world_size": 1}, "model": {}}
+    from airtune.resolve import validate_mapping
+
+    resolved = validate_mapping({"name": "wsd", "base_model": "tiny-llama-dev", "dataset": "identity",
+                                 "per_device_train_batch_size": 4, "num_train_epochs": 3.0, "cutoff_len": 64,
+                                 "lr_scheduler_type": "warmup_stable_decay", "decay_ratio": 0.2,
+                                 "extra_args": {"max_steps": 20}})
     mapped = map_spec(resolved, output_dir=str(tmp_path), train_rows=400, has_eval=False)
     assert mapped.config.lr_scheduler_kwargs == {"num_decay_steps": 4}  # 0.2 x 20 (max_steps), not 0.2 x 300

@@ -330,3 +330,8 @@ def load(path) -> Resolved:
 def as_settings(spec) -> Any:
     """A JobSettings from either a JobSettings or a spec mapping (missing keys: the table's defaults)."""
     return spec if isinstance(spec, JobSettings) else settings_from_json(spec)
+
+
+def as_dataset(dataset: DatasetRecord | Mapping) -> DatasetRecord:
+    """A DatasetRecord from either a DatasetRecord or its JSON object."""
+    return dataset if isinstance(dataset, DatasetRecord) else _build(DatasetRecord, dataset, "a dataset")

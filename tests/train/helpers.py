@@ -7,6 +7,8 @@ docs/architecture.md describes it: chatml conversations tokenized with the tiny 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import subprocess
@@ -16,21 +18,62 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "llamafactory-demo"
 
-# Every key of docs/form.md with its default, as `validate` would resolve it for tiny-llama-dev on the CPU.
-SPEC_DEFAULTS = {
-    "name": "train-test", "location": "local", "base_model": "tiny-llama-dev", "template": "chatml",
-    "finetuning_method": "lora", "stage": "sft", "dataset": ["identity"], "reward_model": None, "parent_job": None,
-    "gpu_type": "cpu", "gpus_per_node": 0, "nodes": 1, "cpu": 8, "memory_gib": 64,
-    "learning_rate": 5e-3, "num_train_epochs": 3.0, "max_grad_norm": 1.0, "max_samples": None,
-    "compute_type": "fp32", "cutoff_len": 128, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
-    "val_size": 0.2, "lr_scheduler_type": "cosine", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1,
-    "loraplus_lr_ratio": None, "quantization_bit": "none", "quantization_method": "bnb", "rope_scaling": "none",
-    "booster": "sdpa", "distributed": "ddp", "logging_steps": 2, "save_steps": 10, "warmup_steps": 0,
-    "neftune_noise_alpha": None, "optimizer": "adamw_torch", "seed": 42, "extra_args": {},
-    "lora_target": "all", "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None,
-    "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
-    "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
-}
+# The trainer tests' job: tiny-llama-dev on the CPU, validated as `airtune validate` would (so every key of
+# docs/form.md is there with the value validate gives it); make_resolved's overrides then set resolved values.
+JOB = {"name": "train-test", "base_model": "tiny-llama-dev", "dataset": "identity", "learning_rate": 5e-3,
+       "cutoff_len": 128, "per_device_train_batch_size": 4, "val_size": 0.2, "logging_steps": 2, "save_steps": 10}
+
+
+# The fields that decide which other fields apply (and their defaults): given to validate, so that the
+# stage-, method- and scheduler-dependent values are resolve's (pref_loss sigmoid for dpo, packing for pt, ...).
+SHAPE_KEYS = ("stage", "finetuning_method", "lr_scheduler_type", "dataset")
+
+
+def validated(mapping: dict, model_dir: Path, **overrides) -> dict:
+    """`validate_mapping` of `mapping` plus the SHAPE_KEYS among `overrides` (a stage without a dataset gets the
+    catalog's first one that fits it; grpo a finished rm job), the model's weights at model_dir, and then
+    every override set in the spec as a resolved value (values a CPU-only validate would refuse, such as
+    distributed zero3, are how the trainer's mapping of them is tested)."""
+    mapping = {**mapping, **{k: overrides[k] for k in SHAPE_KEYS if k in overrides}}
+    stage = mapping.get("stage", "sft")
+    if "stage" in overrides and "dataset" not in overrides:
+        mapping["dataset"] = _fitting_dataset(stage)
+    if stage == "grpo":
+        mapping.setdefault("reward_model", "rm-job")
+    resolved = copy.deepcopy(_validated(json.dumps(mapping, sort_keys=True), str(model_dir)))
+    unknown = set(overrides) - set(resolved["spec"])
+    assert not unknown, f"not fields of the job spec: {sorted(unknown)}"
+    resolved["spec"].update(overrides)
+    resolved["model"]["weights"] = str(model_dir)
+    return resolved
+
+
+class _FinishedRmJob:
+    """A JobLookup with one finished rm job (for stage grpo's reward_model; tests replace its final_dir)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def get(self, name):
+        return {"name": name, "state": "finished", "run_id": "run1", "job_dir": self.folder, "final_dir": self.folder,
+                "resolved": {"spec": {"stage": "rm", "finetuning_method": "lora", "base_model": "tiny-llama-dev",
+                                      "template": "chatml"}}, "result": {}}
+
+
+def _fitting_dataset(stage: str) -> str:
+    from airtune.catalog import Catalog
+    from airtune.stages import STAGE_DATASET_KINDS
+
+    catalog = Catalog.load(REPO / "configs")
+    return next(d.name for d in catalog.datasets.values() if d.kind in STAGE_DATASET_KINDS[stage])
+
+
+@functools.lru_cache(maxsize=None)
+def _validated(mapping_json: str, model_dir: str) -> dict:
+    from airtune.catalog import Catalog
+    from airtune.resolve import validate_mapping
+
+    return validate_mapping(json.loads(mapping_json), Catalog.load(REPO / "configs"), jobs=_FinishedRmJob(model_dir))
 
 
 def conversations(n: int) -> list[list[dict]]:
@@ -93,21 +136,7 @@ def make_prepared(model_dir: Path, out: Path, *, n: int = 16, repeat: int = 2, n
 
 
 def make_resolved(model_dir: Path, **overrides) -> dict:
-    spec = {**SPEC_DEFAULTS, **overrides}
-    return {
-        "airtune_version": "0.1.0",
-        "spec": spec,
-        "model": {"name": "tiny-llama-dev", "family": "llama", "kind": "base", "template": "chatml",
-                  "context_length": 2048, "params_b": 0.0018, "weights": str(model_dir), "revision": None},
-        "template": {"name": "chatml", "path": str(REPO / "configs" / "templates" / "chatml.jinja")},
-        "datasets": [],
-        "location": {"name": "local", "kind": "local"},
-        "runtime": {"nodes": 1, "gpus_per_node": 0, "world_size": 1, "device": "cpu"},
-        "parent": None,
-        "reward_model": None,
-        "estimate": {"gpu_memory_gib_per_process": None},
-        "warnings": [],
-    }
+    return validated(JOB, model_dir, **overrides)
 
 
 def make_job(job_dir: Path, model_dir: Path, data_dir: Path, **overrides) -> Path:

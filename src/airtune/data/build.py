@@ -15,10 +15,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping
 
 from airtune import paths
 from airtune.data.errors import DataError, RowError
 from airtune.data.figures import longest_row_tokens
+from airtune.resolved import DatasetRecord, ModelRecord, Resolved, as_dataset, as_resolved
 
 # Bump when the prepared layout or the way rows are encoded changes: old cache entries then miss.
 # 2: sft data has eval_prompts.jsonl (the evaluate task's held-out prompts).
@@ -36,34 +38,35 @@ EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 ROWS_PER_PROCESS = 2000
 
 
-def _options(resolved: dict) -> dict:
-    spec = resolved["spec"]
-    stage = spec.get("stage", "sft")
-    packing = spec.get("packing")
-    if packing is None:
-        packing = stage == "pt"
+def _options(resolved: Resolved | Mapping) -> dict:
+    """The spec's values the prepared rows depend on (part of the cache key). Resolved values: packing is
+    resolve's (true for pt, false for stages other than pt and sft); train_on_prompt and mask_history are
+    None for stages other than sft."""
+    spec = as_resolved(resolved).spec
+    stage = spec.stage
     return {
         "stage": stage,
-        "cutoff_len": int(spec.get("cutoff_len") or 2048),
-        "packing": bool(packing) and stage in ("sft", "pt"),
-        "train_on_prompt": bool(spec.get("train_on_prompt")),
-        "mask_history": bool(spec.get("mask_history")),
-        "max_samples": spec.get("max_samples"),
-        "val_size": float(spec.get("val_size") or 0.0),
-        "seed": int(spec.get("seed") if spec.get("seed") is not None else 42),
-        "skip_bad_rows": bool(spec.get("skip_bad_rows")),
+        "cutoff_len": int(spec.cutoff_len),
+        "packing": bool(spec.packing) and stage in ("sft", "pt"),
+        "train_on_prompt": bool(spec.train_on_prompt),
+        "mask_history": bool(spec.mask_history),
+        "max_samples": spec.max_samples,
+        "val_size": float(spec.val_size),
+        "seed": int(spec.seed),
+        "skip_bad_rows": bool(spec.skip_bad_rows),
     }
 
 
-def check_stage_fit(stage: str, datasets: list[dict]) -> None:
-    """docs/form.md: the dataset's format must fit the stage. Raises DataError naming each misfit."""
+def check_stage_fit(stage: str, datasets) -> None:
+    """docs/form.md: the dataset's format must fit the stage. Raises DataError naming each misfit.
+    `datasets`: DatasetRecords (or their JSON objects)."""
     accepted = STAGE_KINDS.get(stage)
     if accepted is None:
         raise DataError(f"stage: {stage!r} cannot be prepared; accepted: {', '.join(STAGE_KINDS)}")
-    bad = [d for d in datasets if d["kind"] not in accepted]
+    bad = [d for d in map(as_dataset, datasets) if d.kind not in accepted]
     if bad:
         words = " or ".join(KIND_WORDS[k] for k in accepted)
-        lines = [f"dataset {d['name']!r} holds {KIND_WORDS.get(d['kind'], d['kind'])} (kind {d['kind']}); "
+        lines = [f"dataset {d.name!r} holds {KIND_WORDS.get(d.kind, d.kind)} (kind {d.kind}); "
                  f"stage {stage} trains on {words}" for d in bad]
         raise DataError("dataset: the data does not fit the stage:\n  " + "\n  ".join(lines))
 
@@ -79,12 +82,12 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def tokenizer_fingerprint(model: dict) -> str:
+def tokenizer_fingerprint(model: ModelRecord) -> str:
     from airtune.data.encode import tokenizer_files
 
-    files = tokenizer_files(model["weights"])
+    files = tokenizer_files(model.weights)
     if not files:  # a hub id: its name and revision are all we know before downloading
-        return _sha256_text(json.dumps([model["weights"], model.get("revision")]))
+        return _sha256_text(json.dumps([model.weights, model.revision]))
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -92,22 +95,23 @@ def tokenizer_fingerprint(model: dict) -> str:
     return h.hexdigest()
 
 
-def _dataset_files(d: dict) -> list[Path]:
+def _dataset_files(d: DatasetRecord) -> list[Path]:
     from airtune.data.readers import expand_files
 
-    return expand_files(d["files"])
+    return expand_files(list(d.files))
 
 
-def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
+def cache_key(resolved: Resolved | Mapping, options: dict | None = None) -> tuple[str, dict]:
     """The content hash of everything the prepared data depends on, and its parts (for the manifest)."""
+    resolved = as_resolved(resolved)
     options = options or _options(resolved)
-    template_text = Path(resolved["template"]["path"]).read_text(encoding="utf-8")
+    template_text = Path(resolved.template.path).read_text(encoding="utf-8")
     datasets = []
-    eval_sets = resolved.get("eval_datasets") or []
-    for d in list(resolved["datasets"]) + list(eval_sets):
+    eval_sets = resolved.eval_datasets
+    for d in resolved.datasets + eval_sets:
         files = [{"path": str(p), "sha256": _sha256_file(p)} for p in _dataset_files(d)]
-        entry = {"name": d["name"], "format": d["format"], "kind": d["kind"], "columns": d.get("columns") or {},
-                 "tags": d.get("tags") or {}, "files": files, **({"fill": d["fill"]} if d.get("fill") else {})}
+        entry = {"name": d.name, "format": d.format, "kind": d.kind, "columns": dict(d.columns),
+                 "tags": dict(d.tags), "files": files, **({"fill": dict(d.fill)} if d.fill else {})}
         content = {k: v for k, v in entry.items() if k != "name"}
         content["files"] = [f["sha256"] for f in files]
         entry["content_hash"] = _sha256_text(json.dumps(content, sort_keys=True))
@@ -116,12 +120,12 @@ def cache_key(resolved: dict, options: dict | None = None) -> tuple[str, dict]:
         "version": DATA_VERSION,
         "options": options,
         "template_sha256": _sha256_text(template_text),
-        "tokenizer": tokenizer_fingerprint(resolved["model"]),
-        "datasets": [(d["name"], d["content_hash"]) for d in datasets[: len(resolved["datasets"])]],
+        "tokenizer": tokenizer_fingerprint(resolved.model),
+        "datasets": [(d["name"], d["content_hash"]) for d in datasets[: len(resolved.datasets)]],
     }
     if eval_sets:  # only then: a job without eval_dataset hashes the same parts as before
-        parts["eval_datasets"] = [(d["name"], d["content_hash"]) for d in datasets[len(resolved["datasets"]):]]
-    n = len(resolved["datasets"])
+        parts["eval_datasets"] = [(d["name"], d["content_hash"]) for d in datasets[len(resolved.datasets):]]
+    n = len(resolved.datasets)
     return _sha256_text(json.dumps(parts, sort_keys=True))[:32], {**parts, "datasets": datasets[:n], "eval_datasets": datasets[n:]}
 
 
@@ -140,7 +144,7 @@ def fill_placeholders(obj, fill: dict[str, str]):
     return obj
 
 
-def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
+def _load(datasets: tuple[DatasetRecord, ...], options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
     """Examples in normal form, where each came from (dataset index, file, row), the row errors and stats."""
     from airtune.data.formats import Bad, Converter
     from airtune.data.readers import read_file
@@ -148,11 +152,11 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
     examples, origins, errors = [], [], []
     n_errors = 0
     stats = []
-    for di, d in enumerate(resolved["datasets"]):
+    for di, d in enumerate(datasets):
         try:
-            conv = Converter(d["format"], d["kind"], d.get("columns"), d.get("tags"))
+            conv = Converter(d.format, d.kind, dict(d.columns), dict(d.tags))
         except ValueError as exc:
-            raise DataError(f"dataset {d['name']!r}: {exc}") from None
+            raise DataError(f"dataset {d.name!r}: {exc}") from None
         limit = options["max_samples"]
         read = kept = bad = 0
         for path in _dataset_files(d):
@@ -161,15 +165,15 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
             fr = read_file(path, skip_bad=options["skip_bad_rows"])
             rows = fr.rows if limit is None else fr.rows[: limit - read]
             read += len(rows) + len(fr.errors)
-            file_errors = [RowError(e.file, e.row, e.field, e.problem, d["name"]) for e in fr.errors]
-            fill = d.get("fill")
+            file_errors = [RowError(e.file, e.row, e.field, e.problem, d.name) for e in fr.errors]
+            fill = d.fill
             for i, row in enumerate(rows):
                 if fill:
                     row = fill_placeholders(row, fill)
                 try:
                     ex = conv.convert(row)
                 except Bad as b:
-                    file_errors.append(RowError(fr.path, fr.number(i), b.field, b.problem, d["name"]))
+                    file_errors.append(RowError(fr.path, fr.number(i), b.field, b.problem, d.name))
                     continue
                 examples.append(ex)
                 origins.append((di, fr.path, fr.number(i)))
@@ -180,14 +184,14 @@ def _load(resolved: dict, options: dict, log) -> tuple[list[dict], list[tuple], 
                     e = file_errors[0]
                     cols = sorted(rows[0]) if isinstance(rows[0], dict) else []
                     file_errors = [RowError(fr.path, 1, e.field, f"{e.problem} in every row ({len(rows)} rows; "
-                                            f"the rows have: {', '.join(cols) or 'no columns'})", d["name"])]
+                                            f"the rows have: {', '.join(cols) or 'no columns'})", d.name)]
                     bad += len(rows) - 1
                     n_errors += len(rows) - 1
             bad += len(file_errors)
             n_errors += len(file_errors)
             errors.extend(file_errors[: 50])
         stats.append({"read": read, "kept": kept, "bad": bad})
-        log(f"dataset {d['name']}: {read} rows read, {kept} pass their checks" + (f", {bad} fail" if bad else ""))
+        log(f"dataset {d.name}: {read} rows read, {kept} pass their checks" + (f", {bad} fail" if bad else ""))
     return examples, origins, errors, n_errors, stats
 
 
@@ -246,21 +250,21 @@ def _chunks(n: int, procs: int, min_size: int = 256) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def _encode_all(examples: list[dict], resolved: dict, options: dict, num_proc: int | None, log, timings: dict | None = None,
+def _encode_all(examples: list[dict], resolved: Resolved, options: dict, num_proc: int | None, log, timings: dict | None = None,
                 fingerprint: str = ""):
     import numpy as np
 
     from airtune.data.columns import IntLists
 
-    model = resolved["model"]
-    template_text = Path(resolved["template"]["path"]).read_text(encoding="utf-8")
+    model = resolved.model
+    template_text = Path(resolved.template.path).read_text(encoding="utf-8")
     enc_options = {k: options[k] for k in ("stage", "cutoff_len", "train_on_prompt", "mask_history")}
     # pt rows are cut by packing, or truncated below: the encoder keeps whole documents
     if num_proc is None:
         num_proc = max(1, min(os.cpu_count() or 1, 8, len(examples) // ROWS_PER_PROCESS))
     num_proc = max(1, min(num_proc, max(1, len(examples) // 64)))
     spans = _chunks(len(examples), num_proc)
-    args = (model["weights"], model.get("revision"), template_text, enc_options, fingerprint)
+    args = (model.weights, model.revision, template_text, enc_options, fingerprint)
     t0 = time.time()
     _worker_init(*args)  # in this process: the manifest needs the tokenizer, and forked workers inherit it
     if timings is not None:
@@ -423,7 +427,8 @@ def _count_tokens(cols: dict, stage: str) -> tuple[int, int]:
 
 
 # -- the step -------------------------------------------------------------------------------------
-def prepare(resolved: dict, out_dir: Path, *, cache_dir: Path | None = None, num_proc: int | None = None, log=print) -> dict:
+def prepare(resolved: Resolved | Mapping, out_dir: Path, *, cache_dir: Path | None = None, num_proc: int | None = None,
+            log=print) -> dict:
     """Prepare the job's data into `out_dir` (train/, validation/, manifest.json) and return the manifest.
 
     With `cache_dir`, the result is stored there under its content hash and `out_dir` gets hard links
@@ -431,11 +436,12 @@ def prepare(resolved: dict, out_dir: Path, *, cache_dir: Path | None = None, num
     never prepared twice; a hit returns at once with manifest["cached"] = True.
     """
     t0 = time.time()
+    resolved = as_resolved(resolved)
     out_dir = Path(out_dir)
     options = _options(resolved)
-    check_stage_fit(options["stage"], resolved["datasets"])
-    check_stage_fit(options["stage"], resolved.get("eval_datasets") or [])
-    if not resolved["datasets"]:
+    check_stage_fit(options["stage"], resolved.datasets)
+    check_stage_fit(options["stage"], resolved.eval_datasets)
+    if not resolved.datasets:
         raise DataError("dataset: no dataset given")
     key, parts = cache_key(resolved, options)
     if cache_dir is not None:
@@ -498,7 +504,7 @@ def _publish(entry: Path, out_dir: Path, manifest: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_proc, log) -> dict:
+def _build(resolved: Resolved, options: dict, key: str, parts: dict, tmp: Path, num_proc, log) -> dict:
     import numpy as np
 
     stage = options["stage"]
@@ -510,14 +516,13 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
 
-    examples, origins, errors, n_errors, stats = _load(resolved, options, log)
+    examples, origins, errors, n_errors, stats = _load(resolved.datasets, options, log)
     # eval_dataset: its examples are encoded with the training rows (one pass) and become the validation split
-    all_sets = list(resolved["datasets"]) + list(resolved.get("eval_datasets") or [])
+    all_sets = resolved.datasets + resolved.eval_datasets
     n_train_examples = len(examples)
-    if len(all_sets) > len(resolved["datasets"]):
-        e_examples, e_origins, e_errors, e_n, e_stats = _load({**resolved, "datasets": all_sets[len(resolved["datasets"]):]},
-                                                              options, log)
-        offset = len(resolved["datasets"])
+    if resolved.eval_datasets:
+        e_examples, e_origins, e_errors, e_n, e_stats = _load(resolved.eval_datasets, options, log)
+        offset = len(resolved.datasets)
         examples += e_examples
         origins += [(di + offset, path, row) for di, path, row in e_origins]
         errors += e_errors
@@ -530,7 +535,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     # rows the template refuses are bad rows too
     for i in np.flatnonzero(status == 1):
         di, path, row = origins[i]
-        errors.append(RowError(path, row, None, meta[i], all_sets[di]["name"]))
+        errors.append(RowError(path, row, None, meta[i], all_sets[di].name))
         stats[di]["bad"] += 1
         stats[di]["kept"] -= 1
         n_errors += 1
@@ -550,7 +555,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         detail += f" ({sum(dropped.values())} had nothing to train on: {dropped})" if dropped else ""
         raise DataError(f"dataset: no rows left to train on{detail}")
     # the encoder returned only the ok rows' columns, in order
-    if len(all_sets) > len(resolved["datasets"]):
+    if resolved.eval_datasets:
         train_idx, val_idx = np.flatnonzero(ok < n_train_examples), np.flatnonzero(ok >= n_train_examples)
         if len(train_idx) == 0:
             raise DataError("dataset: no rows left to train on (every usable row is in eval_dataset)")
@@ -570,7 +575,7 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
     lap("split_and_pack")
     tmp.mkdir(parents=True)
     # the template the rows were rendered with, beside them (the trainer and later jobs can read it back)
-    shutil.copyfile(resolved["template"]["path"], tmp / TEMPLATE_FILE)
+    shutil.copyfile(resolved.template.path, tmp / TEMPLATE_FILE)
     rows, tokens, label_tokens, columns, longest = {}, {}, {}, {}, {}
     for name, c in splits.items():
         if name == "validation" and examples_per_split[name] == 0:
@@ -586,33 +591,33 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         with open(tmp / EVAL_PROMPTS_FILE, "w", encoding="utf-8") as f:
             for j in val_idx:
                 f.write(json.dumps(_eval_prompt(examples[ok[j]]), ensure_ascii=False) + "\n")
-        from_eval = len(all_sets) > len(resolved["datasets"])
+        from_eval = bool(resolved.eval_datasets)
         eval_prompts = {"file": EVAL_PROMPTS_FILE, "rows": int(len(val_idx)),
                         "source": "eval_dataset" if from_eval else "validation split",
-                        "datasets": [d["name"] for d in all_sets[len(resolved["datasets"]):]]}
+                        "datasets": [d.name for d in resolved.eval_datasets]}
     lap("write")
     warnings = []
-    if len(all_sets) > len(resolved["datasets"]) and options["val_size"] > 0:
+    if resolved.eval_datasets and options["val_size"] > 0:
         warnings.append(f"val_size {options['val_size']} is not used: eval_dataset is the validation split")
     if n_errors:
         warnings.append(f"skip_bad_rows: {n_errors} rows failed their checks and were skipped")
     if dropped:
         warnings.append(f"{sum(dropped.values())} rows had nothing left to train on and were dropped: {dropped}")
     if system_dropped:
-        warnings.append(f"the template {resolved['template']['name']} left out the system message of {system_dropped} "
+        warnings.append(f"the template {resolved.template.name} left out the system message of {system_dropped} "
                         "rows (it writes a system message only before the last user turn, which training rows end after)")
     if tools_ignored:
-        warnings.append(f"the template {resolved['template']['name']} does not render tool descriptions: "
+        warnings.append(f"the template {resolved.template.name} does not render tool descriptions: "
                         f"{tools_ignored} rows carry tools that the model will not see")
     if truncated:
         warnings.append(f"{truncated} rows were longer than cutoff_len {options['cutoff_len']} and were truncated")
     for w in warnings:
         log("warning: " + w)
-    model = resolved["model"]
-    template = resolved["template"]
+    model = resolved.model
+    template = resolved.template
     from airtune.data.encode import load_tokenizer
 
-    tok = _WORKER["encoder"].tokenizer if "encoder" in _WORKER else load_tokenizer(model["weights"], model.get("revision"))
+    tok = _WORKER["encoder"].tokenizer if "encoder" in _WORKER else load_tokenizer(model.weights, model.revision)
     datasets = []
     for d, s in zip(parts["datasets"] + parts.get("eval_datasets", []), stats):
         datasets.append({"name": d["name"], "format": d["format"], "kind": d["kind"], "content_hash": d["content_hash"],
@@ -631,9 +636,9 @@ def _build(resolved: dict, options: dict, key: str, parts: dict, tmp: Path, num_
         "val_size": options["val_size"],
         "seed": options["seed"],
         "skip_bad_rows": options["skip_bad_rows"],
-        "template": {"name": template["name"], "path": str(template["path"]), "sha256": parts["template_sha256"],
+        "template": {"name": template.name, "path": str(template.path), "sha256": parts["template_sha256"],
                      "file": TEMPLATE_FILE},
-        "tokenizer": {"name_or_path": model["weights"], "revision": model.get("revision"), "fingerprint": parts["tokenizer"],
+        "tokenizer": {"name_or_path": model.weights, "revision": model.revision, "fingerprint": parts["tokenizer"],
                       "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id, "bos_token": tok.bos_token,
                       "pad_token": tok.pad_token, "vocab_size": len(tok)},
         "datasets": datasets,

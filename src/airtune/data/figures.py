@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import math
 
+from airtune.resolved import as_resolved, as_settings
+
+# `spec` below: the resolved spec's job settings (airtune.resolved.JobSettings), or a mapping of them
+# (a key it lacks takes the table's default).
+
 
 def steps_per_epoch(rows: int, *, batch: int, accumulation: int, processes: int) -> int:
     """Optimizer steps of one epoch (0 without rows), as transformers' Trainer counts them."""
@@ -20,29 +25,31 @@ def steps_per_epoch(rows: int, *, batch: int, accumulation: int, processes: int)
 
 def max_steps_of(spec: dict) -> int | None:
     """extra_args' max_steps when it is set (> 0): the Trainer then stops there, whatever the epochs."""
-    max_steps = (spec.get("extra_args") or {}).get("max_steps")
+    max_steps = as_settings(spec).extra_args.get("max_steps")
     return int(max_steps) if max_steps and int(max_steps) > 0 else None
 
 
 def total_steps(rows: int, spec: dict, processes: int) -> int:
     """Optimizer steps of the whole job, as transformers' Trainer counts them: the one count the
     figures shown before training and the trainer's schedulers (train/args.py) use."""
+    spec = as_settings(spec)
     fixed = max_steps_of(spec)
     if fixed is not None:
         return fixed
-    per_epoch = steps_per_epoch(rows, batch=int(spec.get("per_device_train_batch_size") or 1),
-                                accumulation=int(spec.get("gradient_accumulation_steps") or 1), processes=processes)
-    return math.ceil(float(spec.get("num_train_epochs") or 1.0) * per_epoch)
+    per_epoch = steps_per_epoch(rows, batch=int(spec.per_device_train_batch_size),
+                                accumulation=int(spec.gradient_accumulation_steps), processes=processes)
+    return math.ceil(float(spec.num_train_epochs) * per_epoch)
 
 
 def training_figures(manifest: dict, spec: dict) -> dict:
     rows = int((manifest.get("rows") or {}).get("train", 0))
     tokens = int((manifest.get("tokens") or {}).get("train", 0))
     label_tokens = (manifest.get("label_tokens") or {}).get("train")
-    batch = int(spec.get("per_device_train_batch_size") or 1)
-    accum = int(spec.get("gradient_accumulation_steps") or 1)
-    processes = max(1, int(spec.get("nodes") or 1) * int(spec.get("gpus_per_node") or 0))
-    epochs = float(spec.get("num_train_epochs") or 1.0)
+    spec = as_settings(spec)
+    batch = int(spec.per_device_train_batch_size)
+    accum = int(spec.gradient_accumulation_steps)
+    processes = max(1, int(spec.nodes) * int(spec.gpus_per_node))
+    epochs = float(spec.num_train_epochs)
     per_epoch = steps_per_epoch(rows, batch=batch, accumulation=accum, processes=processes)
     max_steps = max_steps_of(spec)
     total = total_steps(rows, spec, processes)
@@ -57,7 +64,7 @@ def training_figures(manifest: dict, spec: dict) -> dict:
         "tokens_total": int(round(tokens * epochs)) if max_steps is None else None,
         "warnings": [],
     }
-    warmup = int(spec.get("warmup_steps") or 0)
+    warmup = int(spec.warmup_steps)
     if warmup and warmup >= total:
         figures["warnings"].append(
             f"warmup_steps: {warmup} warmup steps, but the job has only {total} optimizer steps in total "
@@ -104,22 +111,22 @@ def memory_check(manifest: dict, resolved: dict) -> tuple[dict | None, str | Non
 
     from airtune.resolve import estimate_gpu_memory, memory_refusal
 
-    before = resolved.get("estimate") or {}
-    available, model = before.get("gpu_memory_gib_available"), resolved.get("model")
-    if not available or not model or before.get("gpu_memory_gib_per_process") is None:
+    resolved = as_resolved(resolved)
+    before, model = resolved.estimate, resolved.model
+    available = before.gpu_memory_gib_available
+    if not available or not model or before.gpu_memory_gib_per_process is None:
         return None, None
-    spec = resolved["spec"]
+    spec = resolved.spec
     longest = (manifest.get("longest_row_tokens") or {}).get("train")
-    row = min(int(longest), int(spec["cutoff_len"])) if longest else int(spec["cutoff_len"])
-    entry = SimpleNamespace(**{k: model.get(k) for k in ("params_b", "num_layers", "hidden_size")},
+    row = min(int(longest), int(spec.cutoff_len)) if longest else int(spec.cutoff_len)
+    entry = SimpleNamespace(params_b=model.params_b, num_layers=model.num_layers, hidden_size=model.hidden_size,
                             vocab_size=(manifest.get("tokenizer") or {}).get("vocab_size"))
-    estimate = estimate_gpu_memory(entry, spec, int((resolved.get("runtime") or {}).get("world_size") or 1),
-                                   row_tokens=row)
+    estimate = estimate_gpu_memory(entry, spec, int(resolved.runtime.world_size), row_tokens=row)
     estimate["gpu_memory_gib_available"] = available
     if estimate["gpu_memory_gib_per_process"] <= available:
         return estimate, None
-    rows = (f"with its data's longest row ({row} tokens, batch {spec['per_device_train_batch_size']})" if longest
+    rows = (f"with its data's longest row ({row} tokens, batch {spec.per_device_train_batch_size})" if longest
             else f"with rows of cutoff_len {row} tokens (the prepared data records no row lengths)")
-    value = (resolved.get("runtime") or {}).get("gpu_type") or spec.get("gpu_type")
+    value = resolved.runtime.gpu_type or spec.gpu_type
     gpu = "this machine" if value in (None, "auto") else value
     return estimate, f"gpu_type: {value!r} is not accepted: " + memory_refusal(estimate, available, gpu, certain=False, rows=rows)

@@ -94,8 +94,13 @@ def _main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     started = time.monotonic()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    resolved = json.loads(args.spec.read_text())
-    spec = resolved["spec"]
+    from airtune.resolved import Resolved, ResolvedSpecError
+
+    try:
+        resolved = Resolved.from_json(json.loads(args.spec.read_text()))
+    except ResolvedSpecError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    spec = resolved.spec
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     metrics_file = Path(os.environ.get("AIRTUNE_METRICS_FILE") or output.parent / "metrics.jsonl")
@@ -112,9 +117,9 @@ def _main(argv: list[str] | None = None) -> int:
 
     # 1. data: already tokenized, masked and split by the prepare step
     train, validation, manifest = load_data(args.data)
-    if manifest.get("stage") and manifest["stage"] != spec["stage"]:
-        raise SystemExit(f"[airtune] the data in {args.data} was prepared for stage {manifest['stage']!r}, the job is {spec['stage']!r}")
-    stage = stage_module(spec["stage"])
+    if manifest.get("stage") and manifest["stage"] != spec.stage:
+        raise SystemExit(f"[airtune] the data in {args.data} was prepared for stage {manifest['stage']!r}, the job is {spec.stage!r}")
+    stage = stage_module(spec.stage)
 
     # 2. the spec as TRL/PEFT/transformers arguments (the one mapping: args.py); a value the config
     # class refuses (extra_args) is a configuration error: no retry
@@ -133,7 +138,7 @@ def _main(argv: list[str] | None = None) -> int:
     model = make_trainable(model, spec, mapped.peft, checkpointing=bool(config.activation_checkpointing))
     trainable, total = count_parameters(model)
     log(
-        f"{spec['stage']}/{spec['finetuning_method']} on {resolved['model']['name']}: {trainable:,} of {total:,} "
+        f"{spec.stage}/{spec.finetuning_method} on {resolved.model.name}: {trainable:,} of {total:,} "
         f"parameters train; {len(train)} training rows, {len(validation) if validation is not None else 0} validation rows"
     )
 
@@ -146,7 +151,7 @@ def _main(argv: list[str] | None = None) -> int:
     callbacks = [MetricsFileCallback(metrics_file)] + extra_callbacks()
     trainer = stage.build_trainer(
         model=model, tokenizer=tokenizer, config=config, train=train, validation=validation,
-        callbacks=callbacks, optimizers=optimizers, **({"resolved": resolved} if spec["stage"] == "grpo" else {}),
+        callbacks=callbacks, optimizers=optimizers, **({"resolved": resolved} if spec.stage == "grpo" else {}),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsFileCallback prints readable lines instead
 
@@ -172,7 +177,7 @@ def _main(argv: list[str] | None = None) -> int:
     final = save_final(trainer, output, tokenizer=tokenizer, spec_path=args.spec)
     if trainer.is_world_process_zero():
         result = summarize(trainer.state, output, eval_loss)
-        if spec.get("export_merged") and spec["finetuning_method"] == "lora":
+        if spec.export_merged and spec.finetuning_method == "lora":
             from airtune.train.export import export_merged
 
             merged = export_merged(resolved, final, output, model_class=stage.model_class())

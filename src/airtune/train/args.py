@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
+
+from airtune.resolved import ModelRecord, Resolved, as_resolved
 
 # Keys airtune sets itself: a user may not override them through extra_args (docs/form.md#extra_args).
 # One table, the spec's: validate refuses them before the trainer would.
@@ -128,34 +130,36 @@ def _type_name(expected) -> str:
     return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
 
 
-def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool) -> Mapped:
-    """The resolved spec (docs/architecture.md) as the stage's trainer config, LoRA config and model kwargs."""
-    spec = resolved["spec"]
-    runtime = resolved.get("runtime") or {}
-    stage = spec["stage"]
-    pref_loss = spec.get("pref_loss") or "sigmoid"
+def map_spec(resolved: Resolved | Mapping, *, output_dir: str, train_rows: int, has_eval: bool) -> Mapped:
+    """The resolved spec (docs/architecture.md; a Resolved or spec.json's dict) as the stage's trainer config,
+    LoRA config and model kwargs. Every value is resolve's: the stage-, method- and scheduler-dependent
+    defaults (pref_loss, pref_beta, LoRA rank/alpha/dropout, min_lr_rate, decay_ratio) are filled in there."""
+    resolved = as_resolved(resolved)
+    spec, runtime = resolved.spec, resolved.runtime
+    stage = spec.stage
+    pref_loss = spec.pref_loss
     cls = config_class(stage, pref_loss)
-    extra = dict(spec.get("extra_args") or {})
+    extra = dict(spec.extra_args)
     check_extra_args(extra, cls)
 
-    compute = spec.get("compute_type") or "fp32"
-    on_cpu = runtime.get("device", "cpu") == "cpu"
-    world_size = int(runtime.get("world_size") or 1)
+    compute = spec.compute_type
+    on_cpu = runtime.device == "cpu"
+    world_size = int(runtime.world_size)
 
-    scheduler = spec["lr_scheduler_type"]
+    scheduler = spec.lr_scheduler_type
     scheduler_kwargs: dict = {}
     if scheduler == "cosine_with_min_lr":
-        scheduler_kwargs["min_lr_rate"] = float(spec.get("min_lr_rate") or 0.1)
+        scheduler_kwargs["min_lr_rate"] = float(spec.min_lr_rate)
     elif scheduler == "warmup_stable_decay":
         # transformers' WSD schedule takes its decay length in steps; docs/form.md gives a share of all steps
         steps = total_steps(train_rows, spec, world_size)
-        scheduler_kwargs["num_decay_steps"] = max(1, round(float(spec.get("decay_ratio") or 0.1) * steps))
+        scheduler_kwargs["num_decay_steps"] = max(1, round(float(spec.decay_ratio) * steps))
 
-    optimizer = spec.get("optimizer") or "adamw_torch"
+    optimizer = spec.optimizer
     if optimizer not in OPTIMIZERS:
         raise ArgsError(f"optimizer {optimizer!r} is not one of {sorted(OPTIMIZERS)}")
 
-    distributed = spec.get("distributed") or "ddp"
+    distributed = spec.distributed
     deepspeed = None
     if distributed in ("zero2", "zero3", "zero3_offload"):
         if on_cpu and world_size > 1:
@@ -166,30 +170,30 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
 
         deepspeed = str(paths.config_dir() / "deepspeed" / f"{distributed}.json")
 
-    save_steps = int(spec["save_steps"])
+    save_steps = int(spec.save_steps)
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         report_to="none",  # metrics go through our callbacks (metrics.jsonl, MLflow), never twice
-        run_name=spec.get("name"),
-        seed=int(spec.get("seed", 42)),
-        data_seed=int(spec.get("seed", 42)),
-        learning_rate=float(spec["learning_rate"]),
-        num_train_epochs=float(spec["num_train_epochs"]),
-        max_grad_norm=float(spec["max_grad_norm"]),
-        per_device_train_batch_size=int(spec["per_device_train_batch_size"]),
-        per_device_eval_batch_size=int(spec["per_device_train_batch_size"]),
-        gradient_accumulation_steps=int(spec["gradient_accumulation_steps"]),
+        run_name=spec.name,
+        seed=int(spec.seed),
+        data_seed=int(spec.seed),
+        learning_rate=float(spec.learning_rate),
+        num_train_epochs=float(spec.num_train_epochs),
+        max_grad_norm=float(spec.max_grad_norm),
+        per_device_train_batch_size=int(spec.per_device_train_batch_size),
+        per_device_eval_batch_size=int(spec.per_device_train_batch_size),
+        gradient_accumulation_steps=int(spec.gradient_accumulation_steps),
         lr_scheduler_type=scheduler,
         lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=int(spec.get("warmup_steps") or 0),
+        warmup_steps=int(spec.warmup_steps),
         optim=optimizer,
-        neftune_noise_alpha=spec.get("neftune_noise_alpha"),
+        neftune_noise_alpha=spec.neftune_noise_alpha,
         logging_strategy="steps",
-        logging_steps=int(spec["logging_steps"]),
+        logging_steps=int(spec.logging_steps),
         logging_first_step=True,  # result.json's train_loss_first is the loss of step 1
         save_strategy="steps",
         save_steps=save_steps,
-        save_total_limit=int(spec.get("save_total_limit") or 3),
+        save_total_limit=int(spec.save_total_limit),
         eval_strategy="steps" if has_eval else "no",
         eval_steps=save_steps if has_eval else None,
         # with a validation split, the best checkpoint is kept out of save_total_limit's rotation
@@ -214,36 +218,36 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
         kwargs.update(
             dataset_kwargs={"skip_prepare_dataset": True},
             packing=False,
-            padding_free=bool(spec.get("packing")),
-            max_length=None if spec.get("packing") else int(spec["cutoff_len"]),
+            padding_free=bool(spec.packing),
+            max_length=None if spec.packing else int(spec.cutoff_len),
             completion_only_loss=False,
             assistant_only_loss=False,
             shuffle_dataset=False,
         )
-    beta = float(spec.get("pref_beta") or 0.1)
+    beta = float(spec.pref_beta) if stage in ("dpo", "kto") else None
     if stage == "dpo":
         # TRL tokenizes the conversational prompt/chosen/rejected columns with the job's chat template
         # (model.load_tokenizer sets it) and truncates to cutoff_len
-        kwargs.update(max_length=int(spec["cutoff_len"]), beta=beta)
+        kwargs.update(max_length=int(spec.cutoff_len), beta=beta)
         if pref_loss == "simpo":
             kwargs.update(loss_type="simpo", cpo_alpha=0.0)  # SimPO is CPO's simpo loss without its BC term
         elif pref_loss != "orpo":
             kwargs.update(loss_type=[pref_loss])  # sigmoid (DPO), ipo, hinge
     elif stage == "kto":
-        kwargs.update(max_length=int(spec["cutoff_len"]), beta=beta)
+        kwargs.update(max_length=int(spec.cutoff_len), beta=beta)
     elif stage == "rm":
-        kwargs.update(max_length=int(spec["cutoff_len"]))
+        kwargs.update(max_length=int(spec.cutoff_len))
     elif stage == "grpo":
         # each optimizer step's prompts x completions must split into whole groups of num_generations
-        per_step = int(spec["per_device_train_batch_size"]) * int(spec["gradient_accumulation_steps"]) * world_size
+        per_step = int(spec.per_device_train_batch_size) * int(spec.gradient_accumulation_steps) * world_size
         groups = [g for g in range(min(8, per_step), 1, -1) if per_step % g == 0]
         if not groups:
             raise ArgsError("stage grpo samples at least 2 completions per prompt: per_device_train_batch_size x "
                             "gradient_accumulation_steps x processes must be at least 2")
-        kwargs.update(num_generations=groups[0], max_completion_length=min(256, int(spec["cutoff_len"])),
+        kwargs.update(num_generations=groups[0], max_completion_length=min(256, int(spec.cutoff_len)),
                       metric_for_best_model=None, greater_is_better=None, eval_strategy="no", eval_steps=None)
     kwargs.update(extra)
-    booster = spec.get("booster") or "sdpa"
+    booster = spec.booster
     if booster == "unsloth":
         raise ArgsError("booster 'unsloth' is not supported by this trainer (Unsloth is not installed in the training image)")
     if booster == "liger_kernel":
@@ -264,58 +268,58 @@ def map_spec(resolved: dict, *, output_dir: str, train_rows: int, has_eval: bool
         hqq = {**quantization, "device": "cpu" if on_cpu else "cuda"}
     elif quantization is not None:
         model_kwargs["quantization_config"] = quantization
-    config_overrides = _rope_parameters(spec, resolved.get("model") or {}) or {}
+    config_overrides = _rope_parameters(spec, resolved.model) or {}
     if stage == "rm":
         config_overrides["num_labels"] = 1  # one scalar reward per sequence
 
     peft = None
-    if spec["finetuning_method"] == "lora":
+    if spec.finetuning_method == "lora":
         from peft import LoraConfig
 
-        target = spec.get("lora_target") or "all"
+        target = spec.lora_target
         peft = LoraConfig(
             # a reward model is a sequence classifier: with SEQ_CLS, PEFT also trains its score head
             task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM",
-            r=int(spec.get("lora_rank") or 8),
-            lora_alpha=float(spec.get("lora_alpha") or 16),
-            lora_dropout=float(spec["lora_dropout"] if spec.get("lora_dropout") is not None else 0.1),
+            r=int(spec.lora_rank),
+            lora_alpha=float(spec.lora_alpha),
+            lora_dropout=float(spec.lora_dropout),  # 0.0 is a value (resolve fills only an empty one)
             # peft's "all-linear": every nn.Linear except the output layer (lm_head)
             target_modules="all-linear" if target == "all" else list(target),
-            use_dora=bool(spec.get("use_dora")),
-            use_rslora=bool(spec.get("use_rslora")),
+            use_dora=bool(spec.use_dora),
+            use_rslora=bool(spec.use_rslora),
             bias="none",
         )
     return Mapped(config=config, peft=peft, model_kwargs=model_kwargs, config_overrides=config_overrides,
-                  loraplus_lr_ratio=spec.get("loraplus_lr_ratio"), hqq=hqq)
+                  loraplus_lr_ratio=spec.loraplus_lr_ratio, hqq=hqq)
 
 
-def _model_dtype(spec: dict) -> str:
+def _model_dtype(spec) -> str:
     """The dtype the weights are loaded in.
 
     fp32 and mixed precision on `full` keep fp32 master weights; with `lora`/`freeze` the frozen weights
     are loaded in the half type (trainable ones are kept in fp32 by PEFT / the freeze module);
     pure_bf16 holds everything in bf16.
     """
-    compute = spec.get("compute_type") or "fp32"
+    compute = spec.compute_type
     if compute == "pure_bf16":
         return "bfloat16"
-    if compute in ("bf16", "fp16") and spec["finetuning_method"] != "full":
+    if compute in ("bf16", "fp16") and spec.finetuning_method != "full":
         return "bfloat16" if compute == "bf16" else "float16"
     return "float32"
 
 
-def _quantization_config(spec: dict, compute: str):
+def _quantization_config(spec, compute: str):
     """QLoRA: the frozen base weights quantized on load (bitsandbytes also runs on the CPU); for hqq, a dict
     of the arguments of model.quantize_hqq, which quantizes the loaded model (also on the CPU)."""
-    bits = str(spec.get("quantization_bit") or "none")
+    bits = str(spec.quantization_bit)
     if bits == "none":
         return None
-    if spec["finetuning_method"] != "lora":
-        raise ArgsError(f"quantization_bit {bits} needs finetuning_method lora, not {spec['finetuning_method']!r}")
+    if spec.finetuning_method != "lora":
+        raise ArgsError(f"quantization_bit {bits} needs finetuning_method lora, not {spec.finetuning_method!r}")
     import torch
 
     compute_dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16}.get(compute, torch.float32)
-    method = spec.get("quantization_method") or "bnb"
+    method = spec.quantization_method
     if method == "bnb":
         from transformers import BitsAndBytesConfig
 
@@ -334,16 +338,16 @@ def _quantization_config(spec: dict, compute: str):
     raise ArgsError(f"quantization_method {method!r} is not one of bnb, hqq, eetq")
 
 
-def _rope_parameters(spec: dict, model: dict) -> dict | None:
+def _rope_parameters(spec, model: ModelRecord | None) -> dict | None:
     """rope_scaling: factor = ceil(cutoff_len / the model's max positions); nothing when cutoff_len fits.
     `rope_parameters` is merged into the model's own (which keep e.g. rope_theta)."""
-    kind = spec.get("rope_scaling") or "none"
+    kind = spec.rope_scaling
     if kind == "none":
         return None
-    max_positions = int(model.get("context_length") or 0)
+    max_positions = int((model.context_length if model else None) or 0)
     if not max_positions:
         raise ArgsError("rope_scaling needs the model's context_length (the catalog's entry has none)")
-    factor = math.ceil(int(spec["cutoff_len"]) / max_positions)
+    factor = math.ceil(int(spec.cutoff_len) / max_positions)
     if factor <= 1:
         return None  # validate already warned that cutoff_len fits
     rope: dict[str, Any] = {"rope_type": kind, "factor": float(factor)}

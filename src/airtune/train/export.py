@@ -12,13 +12,17 @@ import shutil
 from pathlib import Path
 
 
-def export_merged(resolved: dict, final: Path, output_dir: Path, *, model_class) -> Path:
+def export_merged(resolved, final: Path, output_dir: Path, *, model_class) -> Path:
+    """`resolved`: a Resolved (or spec.json's dict)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    model = resolved["model"]
-    kwargs = {"num_labels": 1} if resolved["spec"]["stage"] == "rm" else {}
-    base = model_class.from_pretrained(model["weights"], revision=model.get("revision"), dtype="auto", **kwargs)
+    from airtune.resolved import as_resolved
+
+    resolved = as_resolved(resolved)
+    model = resolved.model
+    kwargs = {"num_labels": 1} if resolved.spec.stage == "rm" else {}
+    base = model_class.from_pretrained(model.weights, revision=model.revision, dtype="auto", **kwargs)
     merged = PeftModel.from_pretrained(base, str(final)).merge_and_unload()
     out, tmp = output_dir / "merged", output_dir / "merged.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

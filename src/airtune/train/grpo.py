@@ -21,9 +21,12 @@ def model_class():
     return AutoModelForCausalLM
 
 
-def reward_model_dir(resolved: dict) -> Path:
-    rm = resolved.get("reward_model") or {}
-    path = rm.get("final_dir") or rm.get("path") if isinstance(rm, dict) else rm
+def reward_model_dir(resolved) -> Path:
+    """The rm job's final folder (`resolved`: a Resolved or spec.json's dict)."""
+    from airtune.resolved import as_resolved
+
+    rm = as_resolved(resolved).reward_model
+    path = rm.final_dir if rm else None
     if not path:
         raise ValueError("stage grpo needs reward_model: the output/final folder of a finished rm job (resolved['reward_model'])")
     return Path(path)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
+
+from airtune.resolved import Resolved, as_resolved, as_settings
 
 
-def load_tokenizer(resolved: dict):
+def load_tokenizer(resolved: Resolved | Mapping):
     """The base model's tokenizer, with the job's chat template (the one the data was prepared with)."""
     from transformers import AutoTokenizer
 
-    model = resolved["model"]
-    tokenizer = AutoTokenizer.from_pretrained(model["weights"], revision=model.get("revision"))
-    template = (resolved.get("template") or {}).get("path")
+    resolved = as_resolved(resolved)
+    model = resolved.model
+    tokenizer = AutoTokenizer.from_pretrained(model.weights, revision=model.revision)
+    template = resolved.template.path if resolved.template else None
     if template and Path(template).is_file():
         tokenizer.chat_template = Path(template).read_text(encoding="utf-8")
     if tokenizer.pad_token is None:
@@ -19,7 +23,7 @@ def load_tokenizer(resolved: dict):
     return tokenizer
 
 
-def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | None = None, model_class=None,
+def load_model(resolved: Resolved | Mapping, model_kwargs: dict, *, config_overrides: dict | None = None, model_class=None,
                hqq: dict | None = None, **extra):
     """The base model (AutoModelForCausalLM unless the stage asks for another class).
 
@@ -29,12 +33,12 @@ def load_model(resolved: dict, model_kwargs: dict, *, config_overrides: dict | N
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_class = model_class or AutoModelForCausalLM
-    model = resolved["model"]
-    config = AutoConfig.from_pretrained(model["weights"], revision=model.get("revision"), **extra)
+    model = as_resolved(resolved).model
+    config = AutoConfig.from_pretrained(model.weights, revision=model.revision, **extra)
     for key, value in (config_overrides or {}).items():
         current = getattr(config, key, None)
         setattr(config, key, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
-    loaded = model_class.from_pretrained(model["weights"], revision=model.get("revision"), config=config, **model_kwargs)
+    loaded = model_class.from_pretrained(model.weights, revision=model.revision, config=config, **model_kwargs)
     if hqq:
         quantize_hqq(loaded, **hqq)
     return loaded
@@ -71,10 +75,12 @@ def quantize_hqq(model, *, nbits: int, group_size: int, compute_dtype: str, devi
 OUTPUT_LAYERS = ("lm_head", "score")
 
 
-def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = False):
+def make_trainable(model, spec, peft_config, *, checkpointing: bool = False):
     """The finetuning_method: `lora` wraps the model in a PeftModel (after preparing a quantized base
-    for k-bit training), `freeze` trains the last layers, `full` trains every weight."""
-    method = spec["finetuning_method"]
+    for k-bit training), `freeze` trains the last layers, `full` trains every weight. `spec`: the resolved
+    spec's JobSettings (or its dict)."""
+    spec = as_settings(spec)
+    method = spec.finetuning_method
     if method == "lora":
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) or getattr(model, "hf_quantizer", None):
             from peft import prepare_model_for_kbit_training
@@ -82,8 +88,8 @@ def make_trainable(model, spec: dict, peft_config, *, checkpointing: bool = Fals
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         return attach_lora(model, peft_config)
     if method == "freeze":
-        freeze_all_but_last_layers(model, spec.get("freeze_trainable_layers") or 2, upcast=spec.get("compute_type") != "pure_bf16")
-        if spec["stage"] == "rm":  # a reward model's score head is new: it always trains
+        freeze_all_but_last_layers(model, spec.freeze_trainable_layers, upcast=spec.compute_type != "pure_bf16")
+        if spec.stage == "rm":  # a reward model's score head is new: it always trains
             for name, param in model.named_parameters():
                 if name.startswith("score."):
                     param.requires_grad_(True)
