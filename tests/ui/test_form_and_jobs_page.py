@@ -78,6 +78,18 @@ def test_trigger_form_run_and_jobs_page(page, airflow_stack, artifacts):
         assert FIELD[name].help("en")[:60] in row.inner_text(), name
     assert "local (this machine)" in field(dialog, FIELD["location"].label("en")).inner_text()
     assert "*" in field(dialog, FIELD["base_model"].label("en")).locator("label").inner_text()  # required
+    # each drop-down lists each value once: no "(default: sft)" entry beside sft, which is pre-selected
+    box = dialog.locator("#element_stage input[role=combobox]")
+    box.click()
+    menu = dialog.locator("#element_stage [role=option]")  # react-select's menu, inside its container
+    menu.first.wait_for()
+    options = [o.strip() for o in menu.all_inner_texts()]
+    assert len(options) == len(FIELD["stage"].choices) == len(set(options)), options
+    assert not any("default" in o for o in options), options
+    page.screenshot(path=str(artifacts / "01b-trigger-form-stage-options.png"))
+    box.fill("sft: supervised")  # close the menu by picking the default again (Escape would close the dialog)
+    page.keyboard.press("Enter")
+    assert "sft: supervised fine-tuning" in field(dialog, FIELD["stage"].label("en")).inner_text()
 
     dialog.locator("#element_name").fill(JOB)
     choose(dialog, "base_model", "tiny-llama-dev")
