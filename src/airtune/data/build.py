@@ -7,6 +7,7 @@ in worker processes) → split train/validation (seeded) → pack → write `tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -144,15 +145,16 @@ def fill_placeholders(obj, fill: dict[str, str]):
     return obj
 
 
-def _load(datasets: tuple[DatasetRecord, ...], options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
-    """Examples in normal form, where each came from (dataset index, file, row), the row errors and stats."""
+def _load(resolved: Resolved | Mapping, options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
+    """Examples in normal form of the resolved spec's datasets, where each came from (dataset index, file, row),
+    the row errors and stats. (webapp/preview_worker.py calls it too.)"""
     from airtune.data.formats import Bad, Converter
     from airtune.data.readers import read_file
 
     examples, origins, errors = [], [], []
     n_errors = 0
     stats = []
-    for di, d in enumerate(datasets):
+    for di, d in enumerate(as_resolved(resolved).datasets):
         try:
             conv = Converter(d.format, d.kind, dict(d.columns), dict(d.tags))
         except ValueError as exc:
@@ -516,12 +518,13 @@ def _build(resolved: Resolved, options: dict, key: str, parts: dict, tmp: Path, 
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
 
-    examples, origins, errors, n_errors, stats = _load(resolved.datasets, options, log)
+    examples, origins, errors, n_errors, stats = _load(resolved, options, log)
     # eval_dataset: its examples are encoded with the training rows (one pass) and become the validation split
     all_sets = resolved.datasets + resolved.eval_datasets
     n_train_examples = len(examples)
     if resolved.eval_datasets:
-        e_examples, e_origins, e_errors, e_n, e_stats = _load(resolved.eval_datasets, options, log)
+        e_examples, e_origins, e_errors, e_n, e_stats = _load(dataclasses.replace(resolved, datasets=resolved.eval_datasets),
+                                                              options, log)
         offset = len(resolved.datasets)
         examples += e_examples
         origins += [(di + offset, path, row) for di, path, row in e_origins]
