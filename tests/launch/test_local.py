@@ -85,7 +85,13 @@ def test_cleanup_stops_a_group_left_behind(tmp_path):
 
 
 def _resolved(nodes=1, gpus=0):
-    return {"runtime": {"nodes": nodes, "gpus_per_node": gpus, "world_size": nodes * max(gpus, 1)}}
+    """A validated job, its runtime then set to `nodes` x `gpus` (what resolve gives a Kubernetes location)."""
+    from airtune.resolve import validate_mapping
+
+    resolved = validate_mapping({"name": "cmd", "base_model": "tiny-llama-dev", "dataset": "identity"})
+    resolved["runtime"].update(nodes=nodes, gpus_per_node=gpus, world_size=nodes * max(gpus, 1),
+                               processes_per_node=max(1, gpus))
+    return resolved
 
 
 def test_train_command_single_process():

@@ -9,8 +9,12 @@ from __future__ import annotations
 LAUNCHER_KINDS = ("local", "kubernetes_pod", "kubernetes_job")
 
 
-def launcher_kind(resolved: dict) -> str:
-    """Which train branch a resolved job takes: local, one pod, or an indexed Job of several pods."""
-    if resolved["location"]["kind"] == "local":
+def launcher_kind(resolved) -> str:
+    """Which train branch a resolved job takes (a Resolved or spec.json's dict): local, one pod, or an
+    indexed Job of several pods."""
+    from airtune.resolved import as_resolved
+
+    resolved = as_resolved(resolved)
+    if resolved.location.kind == "local":
         return "local"
-    return "kubernetes_job" if resolved["runtime"]["nodes"] > 1 else "kubernetes_pod"
+    return "kubernetes_job" if resolved.runtime.nodes > 1 else "kubernetes_pod"

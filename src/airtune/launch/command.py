@@ -7,7 +7,7 @@ from pathlib import PurePath
 
 
 def train_command(
-    resolved: dict,
+    resolved,
     *,
     spec_path: str | PurePath,
     data_dir: str | PurePath,
@@ -16,14 +16,17 @@ def train_command(
     rendezvous: dict | None = None,
 ) -> list[str]:
     """`python -m airtune.train ...`, through torchrun when the job has more than one process.
+    `resolved`: the job's Resolved (or spec.json's dict).
 
     `rendezvous` (several machines): {"master_addr", "master_port", "node_rank"}; the node rank may be
     a shell expression evaluated in the pod (e.g. "$(JOB_COMPLETION_INDEX)").
     """
+    from airtune.resolved import as_resolved
+
     python = python or sys.executable
-    runtime = resolved["runtime"]
-    nodes = int(runtime.get("nodes", 1))
-    nproc = max(1, int(runtime.get("gpus_per_node") or 0) or int(runtime.get("processes_per_node", 1)))
+    runtime = as_resolved(resolved).runtime
+    nodes = int(runtime.nodes)
+    nproc = max(1, int(runtime.gpus_per_node) or int(runtime.processes_per_node))
     program = ["-m", "airtune.train", "--spec", str(spec_path), "--data", str(data_dir), "--output", str(output_dir)]
     if nodes == 1 and nproc == 1:
         return [python, *program]

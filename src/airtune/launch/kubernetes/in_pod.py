@@ -9,30 +9,36 @@ location's volumes, at the same paths as on the workers), and says which one is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from airtune.resolved import Resolved, as_resolved
 
-def pod_view(resolved: dict) -> dict:
-    """The spec as the pod sees it. The chat template comes with the image's catalog
-    (AIRTUNE_CONFIG_DIR), not from the worker's checkout; everything else keeps its path."""
+
+def pod_view(resolved) -> Resolved:
+    """The spec as the pod sees it (a Resolved; from a Resolved or spec.json's dict). The chat template
+    comes with the image's catalog (AIRTUNE_CONFIG_DIR), not from the worker's checkout; everything else
+    keeps its path."""
     from airtune import paths
 
-    template = dict(resolved["template"])
-    if not Path(template["path"]).is_file():
-        template["path"] = str(paths.config_dir() / "templates" / f"{template['name']}.jinja")
-    return {**resolved, "template": template}
+    resolved = as_resolved(resolved)
+    template = resolved.template
+    if not Path(template.path).is_file():
+        template = dataclasses.replace(template, path=str(paths.config_dir() / "templates" / f"{template.name}.jinja"))
+    return dataclasses.replace(resolved, template=template)
 
 
-def missing_files(resolved: dict) -> list[str]:
+def missing_files(resolved) -> list[str]:
+    resolved = as_resolved(resolved)
     out = []
-    if not Path(resolved["template"]["path"]).is_file():
-        out.append(f"template {resolved['template']['name']}: {resolved['template']['path']}")
-    for d in resolved.get("datasets") or []:
-        for f in d.get("files") or []:
+    if not Path(resolved.template.path).is_file():
+        out.append(f"template {resolved.template.name}: {resolved.template.path}")
+    for d in resolved.datasets:
+        for f in d.files:
             if not any(ch in str(f) for ch in "*?[") and not Path(f).exists():
-                out.append(f"dataset {d['name']}: {f}")
+                out.append(f"dataset {d.name}: {f}")
     return out
 
 

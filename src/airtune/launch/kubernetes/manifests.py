@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Mapping
 
 from kubernetes.client import models as k8s
 
 from airtune.catalog import STORAGE_KINDS, KubernetesSettings, LocationError, SecretRef, Storage, kubernetes_settings  # noqa: F401
 from airtune.launch.command import train_command
 from airtune.launch.kubernetes import naming
+from airtune.resolved import Resolved, as_resolved
 
 # evaluate: the tuned and the base model scored where training ran (GPUs, like train)
 ROLES = ("train", "prepare", "evaluate")
@@ -38,8 +39,9 @@ SettingsError = LocationError
 Settings = KubernetesSettings
 
 
-def location_settings(resolved: dict) -> Settings:
-    return kubernetes_settings(resolved["location"].get("name", "?"), resolved["location"])
+def location_settings(resolved: Resolved | Mapping) -> Settings:
+    location = as_resolved(resolved).location
+    return kubernetes_settings(location.name if location else "?", location.to_json() if location else {})
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,16 @@ def command(resolved: dict, run: Run, *, role: str, rendezvous: dict | None = No
             "--spec", run.spec_path, "--out", run.data_dir, "--cache", cache]
 
 
-def resources(resolved: dict, *, role: str) -> k8s.V1ResourceRequirements:
+def resources(resolved: Resolved | Mapping, *, role: str) -> k8s.V1ResourceRequirements:
     """Requests equal limits (Guaranteed QoS): a training pod is never throttled or evicted first."""
+    resolved = as_resolved(resolved)
     settings = location_settings(resolved)
-    spec = resolved["spec"]
+    spec = resolved.spec
     if role == "prepare":
         amounts = {"cpu": str(settings.prepare_cpu), "memory": f"{settings.prepare_memory_gib}Gi"}
     else:
-        amounts = {"cpu": str(int(spec["cpu"])), "memory": f"{int(spec['memory_gib'])}Gi"}
-        gpus = int(resolved["runtime"].get("gpus_per_node") or 0)
+        amounts = {"cpu": str(int(spec.cpu)), "memory": f"{int(spec.memory_gib)}Gi"}
+        gpus = int(resolved.runtime.gpus_per_node)
         if gpus:
             amounts[GPU_RESOURCE] = str(gpus)
     return k8s.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
@@ -163,7 +166,7 @@ def volumes(resolved: dict, *, role: str) -> tuple[list[k8s.V1Volume], list[k8s.
         mounts.append(k8s.V1VolumeMount(name=kind, mount_path=st.mount_path, read_only=st.read_only or None))
     # /dev/shm: the runtime's default is 64 MiB, too little for DataLoader workers and NCCL.
     # A memory-backed emptyDir counts against the container's memory limit: half of it by default.
-    memory = settings.prepare_memory_gib if role == "prepare" else int(resolved["spec"]["memory_gib"])
+    memory = settings.prepare_memory_gib if role == "prepare" else int(as_resolved(resolved).spec.memory_gib)
     shm = settings.shm_size_gib or max(1, memory // 2)
     vols.append(k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=f"{shm}Gi")))
     mounts.append(k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
@@ -176,7 +179,7 @@ def scheduling(resolved: dict, *, role: str) -> dict[str, Any]:
     selector = dict(settings.node_selector)
     tolerations = []
     if role in ("train", "evaluate"):
-        gpu_type = settings.gpu_types.get(resolved["spec"]["gpu_type"]) or {}
+        gpu_type = settings.gpu_types.get(as_resolved(resolved).spec.gpu_type) or {}
         selector.update(gpu_type.get("node_selector") or {})
         tolerations = [k8s.V1Toleration(**t) for t in settings.tolerations]
     return {
@@ -278,7 +281,7 @@ def indexed_job(resolved: dict, run: Run, *, job_name: str, service: str) -> k8s
     """completions = parallelism = nodes, one pod per index; any pod's failure fails the Job at once
     (torchrun cannot take a replacement into a running static rendezvous)."""
     settings = location_settings(resolved)
-    nodes = int(resolved["runtime"]["nodes"])
+    nodes = int(as_resolved(resolved).runtime.nodes)
     labels = naming.labels(run.job, run.dag_id, run.run_id, "train")
     if settings.kueue_queue:
         labels[naming.KUEUE_QUEUE_LABEL] = settings.kueue_queue

@@ -27,8 +27,11 @@ def clients(conn_id: str):
 
 def run_facts(job: dict, resolved: dict) -> tuple[str, str]:
     """(dag_id, run_id) of the run that made this job folder: validate records them in the spec."""
-    tracking = resolved.get("tracking") or {}
-    return tracking.get("dag_id") or job.get("dag_id"), tracking.get("run_id") or job.get("run_id")
+    from airtune.resolved import as_resolved
+
+    tracking = as_resolved(resolved).tracking
+    return ((tracking.dag_id if tracking else None) or job.get("dag_id"),
+            (tracking.run_id if tracking else None) or job.get("run_id"))
 
 
 def create_service(job: dict, resolved: dict, *, dag_id: str, run_id: str) -> str:
@@ -78,7 +81,9 @@ def cleanup_run_objects(job: dict, resolved: dict | None = None) -> list[str]:
         from airtune.pipeline import load_resolved
 
         resolved = load_resolved(job)
-    if resolved["location"].get("kind") == "local":
+    from airtune.resolved import as_resolved
+
+    if as_resolved(resolved).location.kind == "local":
         return []
     settings = manifests.location_settings(resolved)
     dag_id, run_id = run_facts(job, resolved)

@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from airtune import compat
 from airtune.launch.kubernetes import manifests, naming
 from airtune.pipeline import load_resolved  # the job folder's spec.json, read as the other tasks read it
+from airtune.resolved import as_resolved
 
 CONTAINER = "train"
 # Task ids in the DAG (dags/airtune_finetune.py): the provider puts the task id in the pod's labels.
@@ -184,7 +185,7 @@ class TrainJobOperator(KubernetesJobOperator):
     def configure(self, resolved: dict, job: dict, *, dag_id: str, run_id: str, try_number: int) -> None:
         settings = manifests.location_settings(resolved)
         run = run_of(job, resolved, dag_id=dag_id, run_id=run_id, try_number=try_number)
-        nodes = int(resolved["runtime"]["nodes"])
+        nodes = int(as_resolved(resolved).runtime.nodes)
         full_name = naming.job_name(run.job, dag_id, run_id, try_number, nodes)
         service = naming.service_name(run.job, dag_id, run_id)
         self.kubernetes_conn_id = settings.connection_id

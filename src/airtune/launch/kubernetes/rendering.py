@@ -44,10 +44,13 @@ def _context(dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> dic
 
 def job_of(resolved: dict, run_id: str) -> dict:
     """The job XCom the tasks would pass: where its folder is on the workspace volume."""
+    from airtune.resolved import as_resolved
+
+    resolved = as_resolved(resolved)
     settings = manifests.location_settings(resolved)
-    name = resolved["spec"]["name"]
+    name = resolved.spec.name
     job_dir = f"{settings.workspace.mount_path}/jobs/{name}/{safe_path_component(run_id)}"
-    return {"name": name, "job_dir": job_dir, "mlflow_run_id": (resolved.get("tracking") or {}).get("mlflow_run_id"),
+    return {"name": name, "job_dir": job_dir, "mlflow_run_id": resolved.tracking.mlflow_run_id if resolved.tracking else None,
             "launcher": launcher_kind(resolved)}
 
 
