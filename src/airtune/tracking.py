@@ -20,9 +20,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from airtune import __version__, paths
+from airtune.resolved import Resolved, as_resolved
 
 log = logging.getLogger(__name__)
 
@@ -165,39 +166,39 @@ def find_run(c, experiment_id: str, dag_id: str, run_id: str):
     return runs[0] if runs else None
 
 
-def run_tags(resolved: dict, dag_id: str, run_id: str) -> dict[str, str]:
-    spec = resolved["spec"]
-    location = resolved.get("location") or {}
+def run_tags(resolved: Resolved | Mapping, dag_id: str, run_id: str) -> dict[str, str]:
+    resolved = as_resolved(resolved)
+    spec = resolved.spec
     tags = {
         TAG_DAG_ID: dag_id,
         TAG_RUN_ID: run_id,
-        TAG_JOB: spec["name"],
-        "airtune.version": resolved.get("airtune_version") or __version__,
-        "airtune.base_model": spec["base_model"],
-        "airtune.template": str(spec["template"]),
-        "airtune.method": spec["finetuning_method"],
-        "airtune.stage": spec["stage"],
-        "airtune.datasets": ",".join(spec["dataset"]),
-        "airtune.location": spec["location"],
-        "mlflow.runName": f"{spec['name']}:{run_id}"[:250],
+        TAG_JOB: spec.name,
+        "airtune.version": resolved.airtune_version or __version__,
+        "airtune.base_model": spec.base_model,
+        "airtune.template": str(spec.template),
+        "airtune.method": spec.finetuning_method,
+        "airtune.stage": spec.stage,
+        "airtune.datasets": ",".join(spec.dataset),
+        "airtune.location": spec.location,
+        "mlflow.runName": f"{spec.name}:{run_id}"[:250],
     }
-    image = resolved.get("image") or location.get("image")
+    image = resolved.location.image if resolved.location else None
     if image:
         tags["airtune.image"] = str(image)
-    if spec.get("parent_job"):
-        tags["airtune.parent_job"] = str(spec["parent_job"])
+    if spec.parent_job:
+        tags["airtune.parent_job"] = str(spec.parent_job)
     return tags
 
 
-def ensure_run(resolved: dict, dag_id: str, run_id: str) -> str:
+def ensure_run(resolved: Resolved | Mapping, dag_id: str, run_id: str) -> str:
     """The MLflow run of this DAG run: found by its Airflow tags, else created. Returns its id.
 
     Every task and every retry may call it: the same DAG run always gets the same MLflow run, and
     the resolved spec is logged once (params MLflow already has are never sent again).
     """
     c = client()
-    spec = resolved["spec"]
-    exp_id = _experiment_id(c, experiment_name(spec["name"]))
+    resolved = as_resolved(resolved)
+    exp_id = _experiment_id(c, experiment_name(resolved.spec.name))
     tags = run_tags(resolved, dag_id, run_id)
     run = find_run(c, exp_id, dag_id, run_id)
     if run is None:
@@ -206,7 +207,7 @@ def ensure_run(resolved: dict, dag_id: str, run_id: str) -> str:
         missing = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
         if missing:
             set_tags(run.info.run_id, missing, c=c)
-    log_params_once(c, run.info.run_id, flatten({"spec": spec}))
+    log_params_once(c, run.info.run_id, flatten({"spec": resolved.to_json()["spec"]}))
     return run.info.run_id
 
 
@@ -241,12 +242,12 @@ def set_tags(mlflow_run_id: str, tags: dict[str, str], *, c=None) -> None:
         c.log_batch(mlflow_run_id, tags=items[i : i + 100])
 
 
-def record_dataset(mlflow_run_id: str, manifest: dict, resolved: dict) -> None:
+def record_dataset(mlflow_run_id: str, manifest: dict, resolved: Resolved | Mapping) -> None:
     """The prepared dataset on the run: content hashes as tags, and one MLflow dataset input."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     c = client()
-    spec = resolved["spec"]
+    spec = as_resolved(resolved).spec
     content_hash = str(manifest.get("content_hash") or "")
     tags = {
         "airtune.data.content_hash": content_hash,
@@ -263,10 +264,10 @@ def record_dataset(mlflow_run_id: str, manifest: dict, resolved: dict) -> None:
     if content_hash:
         profile = {k: manifest[k] for k in ("rows", "tokens", "truncated_rows", "stage", "template", "cutoff_len") if k in manifest}
         dataset = Dataset(
-            name="+".join(spec["dataset"])[:500],
+            name="+".join(spec.dataset)[:500],
             digest=content_hash[:36],
             source_type="airtune-prepared",
-            source=json.dumps({"datasets": spec["dataset"], "content_hash": content_hash}),
+            source=json.dumps({"datasets": list(spec.dataset), "content_hash": content_hash}),
             profile=json.dumps(profile, default=str),
         )
         c.log_inputs(mlflow_run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
@@ -379,7 +380,7 @@ def _run_metric_at(c, run_id: str, key: str, step: int, cache: dict) -> tuple[fl
 
 # --- the register task ---------------------------------------------------------------------------
 
-def bundle(src: Path, dest: Path, *, job_dir: Path, resolved: dict, info: dict) -> Path:
+def bundle(src: Path, dest: Path, *, job_dir: Path, resolved: Resolved | Mapping, info: dict) -> Path:
     """The files of a model version, in `dest`: usable alone (docs/mlflow.md).
 
     The adapter or weights of `src` (no optimizer, scheduler or RNG state), the tokenizer and chat
@@ -402,7 +403,8 @@ def bundle(src: Path, dest: Path, *, job_dir: Path, resolved: dict, info: dict) 
             _link_or_copy(item, target)
     if not (dest / "spec.json").exists() and (job_dir / "spec.json").exists():
         shutil.copyfile(job_dir / "spec.json", dest / "spec.json")
-    template = (resolved.get("template") or {}).get("path")
+    resolved = as_resolved(resolved)
+    template = resolved.template.path if resolved.template else None
     if not (dest / "chat_template.jinja").exists() and not _has_chat_template(dest) and template and Path(template).is_file():
         shutil.copyfile(template, dest / "chat_template.jinja")
     (dest / "airtune.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -436,7 +438,7 @@ def _link_file(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _upload(c, model_id: str, src: Path, *, job_dir: Path, resolved: dict, info: dict) -> None:
+def _upload(c, model_id: str, src: Path, *, job_dir: Path, resolved: Resolved | Mapping, info: dict) -> None:
     """The version's files into the logged model, then READY. Skipped when it is READY already (a retry)."""
     model = c.get_logged_model(model_id)
     if str(model.status) == "READY":
@@ -490,7 +492,7 @@ def best_model_dir(job_dir: Path, result: dict, *, evals: dict | None = None, ch
     return best_dir
 
 
-def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
+def finish_run(job_dir: Path, resolved: Resolved | Mapping, mlflow_run_id: str) -> dict:
     """Everything the register task records once training is done; safe to run again (a retry).
 
     1. metrics MLflow missed (an unreachable server, a killed trainer) from metrics.jsonl;
@@ -507,8 +509,9 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
 
     job_dir = Path(job_dir)
     c = client()
-    spec = resolved["spec"]
-    tracking = resolved.get("tracking") or {}
+    resolved = as_resolved(resolved)
+    spec = resolved.spec
+    tracking = resolved.tracking
     result = json.loads((job_dir / "result.json").read_text())
     metrics_file = job_dir / "metrics.jsonl"
     records = read_records(metrics_file)
@@ -551,20 +554,20 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
 
     run = c.get_run(mlflow_run_id)
     lineage = {
-        "job": spec["name"],
-        "airflow_dag_id": tracking.get("dag_id") or run.data.tags.get(TAG_DAG_ID),
-        "airflow_run_id": tracking.get("run_id") or run.data.tags.get(TAG_RUN_ID),
+        "job": spec.name,
+        "airflow_dag_id": (tracking.dag_id if tracking else None) or run.data.tags.get(TAG_DAG_ID),
+        "airflow_run_id": (tracking.run_id if tracking else None) or run.data.tags.get(TAG_RUN_ID),
         "mlflow_run_id": mlflow_run_id,
-        "base_model": spec["base_model"],
-        "base_weights": (resolved.get("model") or {}).get("weights"),
-        "template": str(spec["template"]),
-        "method": spec["finetuning_method"],
-        "stage": spec["stage"],
-        "datasets": list(spec["dataset"]),
+        "base_model": spec.base_model,
+        "base_weights": resolved.model.weights if resolved.model else None,
+        "template": str(spec.template),
+        "method": spec.finetuning_method,
+        "stage": spec.stage,
+        "datasets": list(spec.dataset),
         "data_content_hash": run.data.tags.get("airtune.data.content_hash"),
-        "parent_job": spec.get("parent_job"),
+        "parent_job": spec.parent_job,
         "image": run.data.tags.get("airtune.image"),
-        "airtune_version": resolved.get("airtune_version") or __version__,
+        "airtune_version": resolved.airtune_version or __version__,
         "checkpoint": best_rel,
         "step": best_step,
         "eval_loss": best_eval,
@@ -588,9 +591,9 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
     if (job_dir / "spec.json").exists():
         c.log_artifact(mlflow_run_id, str(job_dir / "spec.json"))
     c.log_artifact(mlflow_run_id, str(job_dir / "result.json"))
-    registered = register_version(c, spec["name"], mlflow_run_id, best_model_id, lineage)
+    registered = register_version(c, spec.name, mlflow_run_id, best_model_id, lineage)
     with tempfile.TemporaryDirectory(prefix="airtune-summary-", dir=job_dir) as tmp:
-        png = tracking_report.curves_png(records, Path(tmp) / "curves.png", title=spec["name"])
+        png = tracking_report.curves_png(records, Path(tmp) / "curves.png", title=spec.name)
         md = tracking_report.summary_markdown(resolved, result, records, lineage, registered, run.info.start_time)
         (Path(tmp) / "summary.md").write_text(md)
         if png is not None:
@@ -600,9 +603,9 @@ def finish_run(job_dir: Path, resolved: dict, mlflow_run_id: str) -> dict:
     set_tags(mlflow_run_id, {"mlflow.note.content": note, "airtune.best_checkpoint": best_rel}, c=c)
     c.set_terminated(mlflow_run_id, "FINISHED")
     return {
-        "registered_model": spec["name"],
+        "registered_model": spec.name,
         "model_version": registered["version"],
-        "model_uri": f"models:/{spec['name']}@{ALIAS_BEST}" if registered["alias_best"] else f"models:/{spec['name']}/{registered['version']}",
+        "model_uri": f"models:/{spec.name}@{ALIAS_BEST}" if registered["alias_best"] else f"models:/{spec.name}/{registered['version']}",
         "alias_best": bool(registered["alias_best"]),
         "logged_model_id": best_model_id,
         "best_checkpoint": best_rel,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from airtune.resolved import as_resolved
+
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = {}
@@ -66,9 +68,9 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
-def summary_markdown(resolved: dict, result: dict, records: list[dict], lineage: dict, registered: dict, run_start_ms: int | None) -> str:
+def summary_markdown(resolved, result: dict, records: list[dict], lineage: dict, registered: dict, run_start_ms: int | None) -> str:
     """The run's short summary: final metrics, steps, tokens, duration, the registered version."""
-    spec = resolved["spec"]
+    spec = as_resolved(resolved).spec
     last = {}
     for r in records:
         last.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
@@ -78,9 +80,9 @@ def summary_markdown(resolved: dict, result: dict, records: list[dict], lineage:
     if duration is None and run_start_ms:
         duration = time.time() - run_start_ms / 1000
     rows = [
-        ("job", spec["name"]),
-        ("base model", f"{spec['base_model']} ({spec['finetuning_method']}, {spec['stage']}, template {spec['template']})"),
-        ("datasets", ", ".join(spec["dataset"])),
+        ("job", spec.name),
+        ("base model", f"{spec.base_model} ({spec.finetuning_method}, {spec.stage}, template {spec.template})"),
+        ("datasets", ", ".join(spec.dataset)),
         ("steps", _fmt(result.get("global_step"))),
         ("epochs", _fmt(result.get("epoch"), 3)),
         ("training loss", f"{_fmt(result.get('train_loss_first'))} at the start → {_fmt(result.get('train_loss_last'))} at the end"),
@@ -89,21 +91,21 @@ def summary_markdown(resolved: dict, result: dict, records: list[dict], lineage:
         ("tokens trained", _fmt(int(tokens)) if isinstance(tokens, (int, float)) else "—"),
         ("tokens per second", f"{sum(tps) / len(tps):,.0f} on average" if tps else "—"),
         ("duration", _duration(duration)),
-        ("registered", f"`{spec['name']}` version {registered['version']}" + (" (alias `best`)" if registered.get("alias_best") else "")),
+        ("registered", f"`{spec.name}` version {registered['version']}" + (" (alias `best`)" if registered.get("alias_best") else "")),
     ]
-    lines = [f"## airtune job `{spec['name']}`", "", "| | |", "|---|---|"]
+    lines = [f"## airtune job `{spec.name}`", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "![loss and learning rate](curves.png)", "",
-              f"Load it: `mlflow.artifacts.download_artifacts(\"models:/{spec['name']}@best\")`, then see the version's README.md."]
+              f"Load it: `mlflow.artifacts.download_artifacts(\"models:/{spec.name}@best\")`, then see the version's README.md."]
     return "\n".join(lines) + "\n"
 
 
-def model_readme(resolved: dict, info: dict, files: list[str]) -> str:
+def model_readme(resolved, info: dict, files: list[str]) -> str:
     """How to load a registered version: the adapter on its base model, or the full weights."""
-    spec = resolved["spec"]
-    name = spec["name"]
+    spec = as_resolved(resolved).spec
+    name = spec.name
     is_adapter = "adapter_config.json" in files
-    base = info.get("base_weights") or spec["base_model"]
+    base = info.get("base_weights") or spec.base_model
     load = (
         [
             "from peft import AutoPeftModelForCausalLM",
@@ -122,8 +124,8 @@ def model_readme(resolved: dict, info: dict, files: list[str]) -> str:
     lines = [
         f"# {name}: {info.get('checkpoint')} (step {info.get('step')})",
         "",
-        f"Fine-tuned by airtune from **{spec['base_model']}** with {spec['finetuning_method']} ({spec['stage']}) "
-        f"on {', '.join(spec['dataset'])}, prompt template `{spec['template']}`. "
+        f"Fine-tuned by airtune from **{spec.base_model}** with {spec.finetuning_method} ({spec.stage}) "
+        f"on {', '.join(spec.dataset)}, prompt template `{spec.template}`. "
         f"Eval loss: {_fmt(info.get('eval_loss'))}. DAG run `{info.get('airflow_run_id')}`, MLflow run `{info.get('mlflow_run_id')}`.",
         "",
         "## Load it",

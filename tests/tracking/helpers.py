@@ -109,33 +109,14 @@ def make_prepared(model_dir: Path, out: Path, *, n_train: int = 16, repeat: int 
 
 
 def make_resolved(model_dir: Path, name: str, **overrides) -> dict:
-    """A resolved spec as `validate` writes it for tiny-llama-dev on the CPU (docs/architecture.md)."""
-    spec = {
-        "name": name, "location": "local", "base_model": "tiny-llama-dev", "template": "chatml",
-        "finetuning_method": "lora", "stage": "sft", "dataset": ["identity"], "reward_model": None, "parent_job": None,
-        "gpu_type": "cpu", "gpus_per_node": 0, "nodes": 1, "cpu": 8, "memory_gib": 64,
-        "learning_rate": 5e-3, "num_train_epochs": 2.0, "max_grad_norm": 1.0, "max_samples": None,
-        "compute_type": "fp32", "cutoff_len": 96, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
-        "val_size": 0.2, "lr_scheduler_type": "cosine", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1,
-        "loraplus_lr_ratio": None, "quantization_bit": "none", "quantization_method": "bnb", "rope_scaling": "none",
-        "booster": "sdpa", "distributed": "ddp", "logging_steps": 1, "save_steps": 5, "warmup_steps": 0,
-        "neftune_noise_alpha": None, "optimizer": "adamw_torch", "seed": 42, "extra_args": {},
-        "lora_target": "all", "use_dora": False, "use_rslora": False, "freeze_trainable_layers": None,
-        "pref_loss": None, "pref_beta": None, "packing": False, "train_on_prompt": False, "mask_history": False,
-        "skip_bad_rows": False, "save_total_limit": 3, "export_merged": False, "min_lr_rate": None, "decay_ratio": None,
-        **overrides,
-    }
-    return {
-        "airtune_version": "0.1.0",
-        "spec": spec,
-        "model": {"name": "tiny-llama-dev", "family": "llama", "kind": "base", "template": "chatml",
-                  "context_length": 2048, "params_b": 0.0018, "weights": str(model_dir), "revision": None},
-        "template": {"name": "chatml", "path": str(REPO / "configs" / "templates" / "chatml.jinja")},
-        "datasets": [],
-        "location": {"name": "local", "kind": "local"},
-        "runtime": {"nodes": 1, "gpus_per_node": 0, "world_size": 1, "device": "cpu"},
-        "parent": None, "reward_model": None, "estimate": {"gpu_memory_gib_per_process": None}, "warnings": [],
-    }
+    """A resolved spec as `validate` writes it for tiny-llama-dev on the CPU (docs/architecture.md): a small job
+    validated (train.helpers.validated), `overrides` then set as resolved values."""
+    from train.helpers import validated
+
+    job = {"name": name, "base_model": "tiny-llama-dev", "dataset": "identity", "learning_rate": 5e-3,
+           "num_train_epochs": 2.0, "cutoff_len": 96, "per_device_train_batch_size": 4, "val_size": 0.2,
+           "logging_steps": 1, "save_steps": 5}
+    return validated(job, model_dir, **overrides)
 
 
 def make_job(workspace: Path, resolved: dict, dag_run_id: str, mlflow_run_id: str, dag_id: str = "airtune_finetune") -> Path:

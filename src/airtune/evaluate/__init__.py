@@ -85,7 +85,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 from airtune import paths
+from airtune.resolved import Resolved, ResolvedSpecError, as_resolved, as_settings
 
 FORMAT = 1
 EVALUATION_FILE = "evaluation.json"
@@ -131,9 +134,18 @@ class Prompt:
         return str(last.get("content") or "")
 
 
+def _typed(resolved) -> Resolved:
+    """The resolved spec as a Resolved; one this airtune cannot read is a configuration error."""
+    try:
+        return as_resolved(resolved)
+    except ResolvedSpecError as exc:
+        raise ConfigurationError(f"--spec: {exc}") from None
+
+
 @dataclass
 class Inputs:
-    resolved: dict
+    resolved: dict  # spec.json's dict (what airtune.inference reads)
+    settings: Any  # the resolved spec's JobSettings (airtune.resolved)
     stage: str
     manifest: dict
     validation: object | None  # datasets.Dataset
@@ -142,8 +154,9 @@ class Inputs:
     benchmarks: list[tuple[dict, list]]  # (resolved entry, questions)
 
 
-def max_samples(spec: dict) -> int:
-    value = spec.get("eval_max_samples", DEFAULT_MAX_SAMPLES)
+def max_samples(spec) -> int:
+    """eval_max_samples (empty: the default, 50). `spec`: JobSettings or a mapping of them."""
+    value = as_settings(spec).eval_max_samples
     return DEFAULT_MAX_SAMPLES if value is None else max(0, int(value))
 
 
@@ -185,13 +198,16 @@ def _content(messages) -> str:
     return str(messages or "")
 
 
-def read_inputs(resolved: dict, data_dir: Path, model_dir: Path, say=log) -> Inputs:
-    """Everything but the models, checked before any weights are loaded (a bad input is a configuration error)."""
+def read_inputs(resolved: Resolved | dict, data_dir: Path, model_dir: Path, say=log) -> Inputs:
+    """Everything but the models, checked before any weights are loaded (a bad input is a configuration error).
+    `resolved`: a Resolved or spec.json's dict."""
     from airtune import inference
     from airtune.data import DataError, load_prepared
 
-    spec = resolved.get("spec") or {}
-    stage = spec.get("stage") or "sft"
+    typed = _typed(resolved)
+    resolved = typed.to_json() if isinstance(resolved, Resolved) else resolved
+    spec = typed.spec
+    stage = spec.stage
     if not inference._has_weights(model_dir):
         raise ConfigurationError(f"--model {model_dir}: no model weights there (an adapter: adapter_config.json and "
                                  "adapter_model.*; full weights: config.json and *.safetensors)")
@@ -206,20 +222,21 @@ def read_inputs(resolved: dict, data_dir: Path, model_dir: Path, say=log) -> Inp
     prompts, source = _read_prompts(Path(data_dir), stage, validation)
     prompts = prompts[: max_samples(spec)]
     benchmarks = []
-    for entry in resolved.get("benchmarks") or []:
+    for bench in typed.benchmarks:
         if stage == "rm":
-            say(f"evaluate: benchmark {entry.get('name')} left out: a reward model scores answers, it does not choose them")
+            say(f"evaluate: benchmark {bench.name} left out: a reward model scores answers, it does not choose them")
             continue
         from airtune.evaluation.benchmarks import read_benchmark
 
+        entry = {"name": bench.name, "files": list(bench.files), "lang": bench.lang}
         try:
-            questions = read_benchmark(entry.get("files") or [])
+            questions = read_benchmark(entry["files"])
         except (ValueError, OSError) as exc:
-            raise ConfigurationError(f"benchmark {entry.get('name')!r}: {str(exc).splitlines()[0]}") from None
+            raise ConfigurationError(f"benchmark {bench.name!r}: {str(exc).splitlines()[0]}") from None
         if not questions:
-            raise ConfigurationError(f"benchmark {entry.get('name')!r}: its files hold no question: {entry.get('files')}")
+            raise ConfigurationError(f"benchmark {bench.name!r}: its files hold no question: {entry['files']}")
         benchmarks.append((entry, questions))
-    return Inputs(resolved=resolved, stage=stage, manifest=manifest, validation=validation, prompts=prompts,
+    return Inputs(resolved=resolved, settings=spec, stage=stage, manifest=manifest, validation=validation, prompts=prompts,
                   prompts_source=source, benchmarks=benchmarks)
 
 
@@ -308,9 +325,10 @@ def _examples_of(row: dict) -> list[tuple[list[int], list[int]]]:
     return [(ids[a:b], labels[a:b]) for a, b in zip(starts, bounds) if b > a]
 
 
-def eval_batch_size(spec: dict) -> int:
-    extra = spec.get("extra_args") or {}
-    return max(1, int(extra.get("per_device_eval_batch_size") or spec.get("per_device_train_batch_size") or 8))
+def eval_batch_size(spec) -> int:
+    """extra_args' per_device_eval_batch_size, else per_device_train_batch_size (JobSettings or a mapping)."""
+    spec = as_settings(spec)
+    return max(1, int(spec.extra_args.get("per_device_eval_batch_size") or spec.per_device_train_batch_size))
 
 
 def validation_loss(model, validation, *, batch_size: int, device: str, pad_id: int) -> float | None:
@@ -477,10 +495,10 @@ def reward_scores(model, validation, *, device: str, pad_id: int) -> list[tuple[
 
 # --- the two models -----------------------------------------------------------------------------
 
-def _dtype(resolved: dict, device: str):
+def _dtype(resolved, device: str):
     import torch
 
-    compute = (resolved.get("spec") or {}).get("compute_type")
+    compute = _typed(resolved).spec.compute_type
     if device.startswith("cuda") and compute in ("bf16", "pure_bf16") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -495,7 +513,7 @@ class Run:
 
     def __init__(self, inputs: Inputs, tokenizer, *, device: str, say=log):
         self.inputs, self.tok, self.device, self.say = inputs, tokenizer, device, say
-        self.spec = inputs.resolved.get("spec") or {}
+        self.spec = inputs.settings
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.metrics: dict[str, dict] = {"base": {}, "tuned": {}, "champion": {}}
         self.answers: dict[str, list[str]] = {}
@@ -553,7 +571,7 @@ class Run:
     def preference_rewards(self, which: str) -> None:
         """dpo/kto: the implicit rewards of the tuned (or champion) model against the base (the reference)."""
         inp, out = self.inputs, self.metrics[which]
-        beta = float(self.spec.get("pref_beta") or 0.1)
+        beta = float(self.spec.pref_beta)  # resolve fills it for dpo and kto
         rewards = [beta * (t - b) for t, b in zip(self.pair_logps[which], self.pair_logps["base"])]
         if inp.stage == "dpo":
             chosen, rejected = rewards[0::2], rewards[1::2]
@@ -615,7 +633,7 @@ def _ready(model, device: str):
     return model
 
 
-def evaluate(resolved: dict, data_dir: Path, model_dir: Path, output_dir: Path, *, device: str | None = None,
+def evaluate(resolved: Resolved | dict, data_dir: Path, model_dir: Path, output_dir: Path, *, device: str | None = None,
              champion_dir: Path | None = None, champion_version: str | None = None, say=log) -> dict:
     """Measure both models, write `output_dir` (module docstring) and return evaluation.json's content."""
     started = time.monotonic()
@@ -623,10 +641,11 @@ def evaluate(resolved: dict, data_dir: Path, model_dir: Path, output_dir: Path, 
 
     data_dir, model_dir, output_dir = Path(data_dir), Path(model_dir), Path(output_dir)
     inputs = read_inputs(resolved, data_dir, model_dir, say)
+    typed, resolved = _typed(resolved), inputs.resolved  # airtune.inference reads spec.json's dict
     inference.quiet()
     device = device or inference.default_device()
-    dtype = _dtype(resolved, device)
-    spec = resolved.get("spec") or {}
+    dtype = _dtype(typed, device)
+    spec = typed.spec
     stage = inputs.stage
     try:
         tok = inference.load_tokenizer([model_dir], resolved)
@@ -637,7 +656,7 @@ def evaluate(resolved: dict, data_dir: Path, model_dir: Path, output_dir: Path, 
     say(f"evaluate: stage {stage}, device {device}; {len(inputs.prompts)} prompts from {inputs.prompts_source}; "
         f"{len(inputs.validation) if inputs.validation is not None else 0} validation rows; benchmarks: {bench}")
     adapter = (model_dir / inference.ADAPTER_CONFIG).is_file()
-    parent = (resolved.get("parent") or {}).get("name") or spec.get("parent_job")
+    parent = (typed.parent.name if typed.parent else None) or spec.parent_job
     seconds = {"base": 0.0, "tuned": 0.0}
     from transformers import AutoModelForSequenceClassification
 
@@ -800,6 +819,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise ConfigurationError(f"--spec {args.spec}: {exc}") from None
     if not isinstance(resolved, dict) or not isinstance(resolved.get("spec"), dict):
         raise ConfigurationError(f"--spec {args.spec}: not a resolved spec (no \"spec\" object)")
+    _typed(resolved)  # a spec.json this airtune cannot read: a configuration error, before any weights
     evaluate(resolved, args.data, args.model, args.output, device=args.device, champion_dir=args.champion,
              champion_version=args.champion_version)
     return 0
