@@ -50,8 +50,9 @@ def finished(airflow_stack):
     from e2e.stack import unique
 
     name = unique("console")
-    # ~40 steps of the tiny model, a loss every step: long enough to watch the charts grow
-    run_id = trigger(airflow_stack, name, max_samples=320, logging_steps=1, save_steps=1000)
+    # ~120 steps of the tiny model (40 an epoch), a loss every step: long enough that the page, which
+    # reloads its charts every 6 s, sees them grow while training runs however fast the machine is
+    run_id = trigger(airflow_stack, name, max_samples=320, num_train_epochs=3.0, logging_steps=1, save_steps=1000)
     return {"name": name, "run_id": run_id}
 
 
@@ -82,7 +83,7 @@ def test_monitoring_updates_while_running_and_stays_when_finished(page, airflow_
     charts = dict(charts)
     for chart in ("loss", "learning_rate", "tokens_per_second", "node0-cpu", "node0-memory"):
         assert charts.get(chart, 0) >= 1, charts
-    assert charts["loss"] >= 30, charts  # one a step
+    assert charts["loss"] >= 100, charts  # one a step
     assert page.locator("#monitor figure[data-chart='loss'] svg polyline").count() >= 1
     # no GPU here: said so, instead of empty GPU charts
     assert "no GPU metrics" in page.locator("#monitor").inner_text()

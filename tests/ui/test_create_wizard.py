@@ -12,6 +12,7 @@ Screenshots go to the artefacts folder (tests/ui/conftest.py)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import pytest
 
@@ -191,6 +192,7 @@ def test_create_a_tiny_job_through_the_wizard(page, airflow_stack, artifacts):
     run = stack.wait_run(run_id, timeout=300)
     assert run["state"] == "success", stack.task_states(run_id)
     assert run["conf"]["name"] == job["name"] and run["conf"]["cutoff_len"] == 64
-    page.reload()
+    page.goto("about:blank")  # the page reloads itself when the run ends: a reload of ours would race it
+    page.goto(f"{stack.url}/airtune/jobs/{job['name']}?run={quote(run_id)}")
     page.wait_for_selector("#run-state.state-success")
     page.screenshot(path=str(artifacts / "wizard-07-job-succeeded.png"), full_page=True)
