@@ -203,3 +203,24 @@ def test_smollm2_template_maps_to_llamafactorys_with_its_exact_system_prompt(tin
         pytest.skip("no smollm2 template in the catalog")
     rendered = train_bench.render_probe({"dir": tiny_model_dir, "template_path": path})
     assert train_bench.lf_template(rendered) == ("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+
+
+def test_memory_probe_places_readings_by_the_trainers_own_lines(tiny_model_dir, tmp_path, capsys):
+    """bench/memory_probe.py on the tiny model: the real trainer runs, every phase it reads from the trainer's
+    output is there in order (a changed output line would leave a phase out), and the figures are real readings."""
+    import memory_probe
+
+    out = tmp_path / "probe.json"
+    assert memory_probe.main(["--model", "tiny-llama-dev", "--dataset", "identity", "--cutoff", "64", "--batch", "4",
+                              "--rank", "8", "--steps", "3", "--threads", "1", "--model-dir", str(tiny_model_dir),
+                              "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    phases = [p["phase"] for p in result["phases"]]
+    assert phases == ["imports done (first output)", "model loaded, LoRA applied", "step 1 logged", "step 2 logged",
+                      "step 3 logged", "done"], phases
+    seconds = [p["seconds"] for p in result["phases"]]
+    assert seconds == sorted(seconds)
+    peaks = [p["peak_gib"] for p in result["phases"]]
+    assert peaks == sorted(peaks) and 0.1 < result["peak_gib"] < 8  # VmHWM never falls; a Python with torch > 100 MB
+    assert result["tokens_per_second"] and result["tokens_per_second"] > 0
+    assert "peak RSS of the training process" in capsys.readouterr().out
