@@ -15,8 +15,9 @@ import os
 import shutil
 import time
 import uuid
+from enum import IntEnum
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from airtune import paths
 from airtune.data.errors import DataError, RowError
@@ -31,6 +32,35 @@ DATA_VERSION = 3
 # Which dataset kinds each stage accepts (docs/form.md: the dataset's format must fit the stage):
 # the one table, airtune.stages, which validate reads too.
 from airtune.stages import KIND_WORDS, STAGE_DATASET_KINDS as STAGE_KINDS  # noqa: E402
+
+
+class Origin(NamedTuple):
+    """Where an example came from: its dataset (index in the job's datasets, then eval_dataset's), file, row."""
+
+    dataset: int
+    path: str
+    row: int | None
+
+
+class Outcome(IntEnum):
+    """What the encoder made of an example (a numpy int8 column, one entry per example)."""
+
+    KEPT = 0
+    BAD = 1  # the template refused it: a row error (its detail: a message)
+    DROPPED = 2  # nothing left to train on (its detail: Dropped)
+
+
+class Kept(NamedTuple):
+    truncated: bool
+    straddle: int  # turns cut by cutoff_len
+    tokens_before: int
+    system_dropped: bool
+    tools_ignored: bool
+
+
+class Dropped(NamedTuple):
+    reason: str
+    truncated: bool
 # The chat template the data was rendered with, stored in the prepared folder.
 TEMPLATE_FILE = "chat_template.jinja"
 # sft: the validation examples as text, for the evaluate task (one JSON object a line: messages, reference).
@@ -145,7 +175,7 @@ def fill_placeholders(obj, fill: dict[str, str]):
     return obj
 
 
-def _load(resolved: Resolved | Mapping, options: dict, log) -> tuple[list[dict], list[tuple], list[RowError], int, list[dict]]:
+def _load(resolved: Resolved | Mapping, options: dict, log) -> tuple[list[dict], list[Origin], list[RowError], int, list[dict]]:
     """Examples in normal form of the resolved spec's datasets, where each came from (dataset index, file, row),
     the row errors and stats. (webapp/preview_worker.py calls it too.)"""
     from airtune.data.formats import Bad, Converter
@@ -178,7 +208,7 @@ def _load(resolved: Resolved | Mapping, options: dict, log) -> tuple[list[dict],
                     file_errors.append(RowError(fr.path, fr.number(i), b.field, b.problem, d.name))
                     continue
                 examples.append(ex)
-                origins.append((di, fr.path, fr.number(i)))
+                origins.append(Origin(di, fr.path, fr.number(i)))
                 kept += 1
             if not fr.errors and file_errors and len(file_errors) == len(rows) and len(rows) > 1:
                 fields = {(e.field, e.problem) for e in file_errors}
@@ -214,7 +244,8 @@ def _worker_init(weights, revision, template_text, enc_options, fingerprint=""):
 
 
 def _encode_chunk(examples: list[dict]):
-    """Encode one chunk; int-list columns come back flat (numpy), the rest as lists."""
+    """Encode one chunk: (outcomes (an Outcome per example), details (Kept, a message, or Dropped), the kept
+    rows' columns); int-list columns come back flat (numpy), the rest as lists."""
     import numpy as np
 
     from airtune.data.columns import IntLists
@@ -224,16 +255,16 @@ def _encode_chunk(examples: list[dict]):
     rows = []
     for r in results:
         if "ok" in r:
-            status.append(0)
+            status.append(Outcome.KEPT)
             rows.append(r["ok"])
-            meta.append((r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0),
-                         r.get("system_dropped", False), r.get("tools_ignored", False)))
+            meta.append(Kept(r.get("truncated", False), r.get("straddle", 0), r.get("tokens_before", 0),
+                             r.get("system_dropped", False), r.get("tools_ignored", False)))
         elif "bad" in r:
-            status.append(1)
+            status.append(Outcome.BAD)
             meta.append(r["bad"])
         else:
-            status.append(2)
-            meta.append((r["drop"], r.get("truncated", False)))
+            status.append(Outcome.DROPPED)
+            meta.append(Dropped(r["drop"], r.get("truncated", False)))
     cols = {}
     if rows:
         for key, value in rows[0].items():
@@ -527,7 +558,7 @@ def _build(resolved: Resolved, options: dict, key: str, parts: dict, tmp: Path, 
                                                               options, log)
         offset = len(resolved.datasets)
         examples += e_examples
-        origins += [(di + offset, path, row) for di, path, row in e_origins]
+        origins += [o._replace(dataset=o.dataset + offset) for o in e_origins]
         errors += e_errors
         n_errors += e_n
         stats += e_stats
@@ -536,23 +567,25 @@ def _build(resolved: Resolved, options: dict, key: str, parts: dict, tmp: Path, 
     clock[0] += timings.get("load_tokenizer", 0.0)
     lap("template_and_tokenize")
     # rows the template refuses are bad rows too
-    for i in np.flatnonzero(status == 1):
-        di, path, row = origins[i]
-        errors.append(RowError(path, row, None, meta[i], all_sets[di].name))
-        stats[di]["bad"] += 1
-        stats[di]["kept"] -= 1
+    for i in np.flatnonzero(status == Outcome.BAD):
+        origin = origins[i]
+        errors.append(RowError(origin.path, origin.row, None, meta[i], all_sets[origin.dataset].name))
+        stats[origin.dataset]["bad"] += 1
+        stats[origin.dataset]["kept"] -= 1
         n_errors += 1
     if n_errors and not options["skip_bad_rows"]:
         errors.sort(key=lambda e: (e.dataset or "", e.file, e.row or 0))
         raise DataError.from_rows(errors, n_errors)
-    ok = np.flatnonzero(status == 0)
+    ok = np.flatnonzero(status == Outcome.KEPT)
+    kept: list[Kept] = [meta[i] for i in ok]
+    gone: list[Dropped] = [meta[i] for i in np.flatnonzero(status == Outcome.DROPPED)]
     dropped: dict[str, int] = {}
-    for i in np.flatnonzero(status == 2):
-        dropped[meta[i][0]] = dropped.get(meta[i][0], 0) + 1
-    truncated = sum(1 for i in ok if meta[i][0]) + sum(1 for i in np.flatnonzero(status == 2) if meta[i][1])
-    straddle = sum(meta[i][1] for i in ok)
-    system_dropped = sum(1 for i in ok if meta[i][3])
-    tools_ignored = sum(1 for i in ok if meta[i][4])
+    for d in gone:
+        dropped[d.reason] = dropped.get(d.reason, 0) + 1
+    truncated = sum(k.truncated for k in kept) + sum(d.truncated for d in gone)
+    straddle = sum(k.straddle for k in kept)
+    system_dropped = sum(k.system_dropped for k in kept)
+    tools_ignored = sum(k.tools_ignored for k in kept)
     if len(ok) == 0:
         detail = f" ({n_errors} failed their checks)" if n_errors else ""
         detail += f" ({sum(dropped.values())} had nothing to train on: {dropped})" if dropped else ""
