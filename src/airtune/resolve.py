@@ -346,111 +346,201 @@ def _resolve(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: Jo
     return resolved.to_json(), errors
 
 
-def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: JobLookup | None,
-                   skip: set) -> tuple[Resolved, list[FieldError]]:
-    """(resolved spec, errors). Rules that involve a field in `skip` (already refused) are not checked."""
-    v = spec.to_dict()
-    errors: list[FieldError] = []
-    warnings: list[str] = []
+class _Rules:
+    """One resolve's state: the job's values, the errors and warnings so far, and `refuse`."""
 
-    def refuse(name: str, message: str, *involved: str, value: Any = _UNSET) -> None:
+    def __init__(self, v: dict, skip: set):
+        self.v, self.skip = v, skip
+        self.errors: list[FieldError] = []
+        self.warnings: list[str] = []
+
+    def refuse(self, name: str, message: str, *involved: str, value: Any = _UNSET) -> None:
         # A rule is not checked when a field it involves is already refused (by parse, or by an
         # earlier rule here): one mistake, one message. Several values of one field (two unknown
         # datasets) are each reported.
-        refused = skip | {e.field.split(".")[0] for e in errors}
-        if name.split(".")[0] in skip or refused.intersection(involved):
+        refused = self.skip | {e.field.split(".")[0] for e in self.errors}
+        if name.split(".")[0] in self.skip or refused.intersection(involved):
             return
-        errors.append(FieldError(name, v.get(name) if value is _UNSET else value, message))
+        self.errors.append(FieldError(name, self.v.get(name) if value is _UNSET else value, message))
 
-    method, stage = v["finetuning_method"], v["stage"]
 
-    # -- catalog look-ups --
+@dataclasses.dataclass(frozen=True)
+class _Hardware:
+    """Where the job trains, as resolved: the GPU type, what it offers, and the processes."""
+
+    gpu_name: str | None
+    gpu: Any  # the location's GpuType, or None
+    is_local: bool
+    detected: bool  # location local with gpu_type auto: this machine's GPUs
+    capacity: int | None
+    has_bf16: bool
+    memory_gib: float | None
+    has_flash: bool
+    has_eetq: bool
+    gpus: int
+    nodes: int
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nodes * self.gpus
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * max(1, self.gpus)
+
+
+def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jobs: JobLookup | None,
+                   skip: set) -> tuple[Resolved, list[FieldError]]:
+    """(resolved spec, errors). Rules that involve a field in `skip` (already refused) are not checked.
+    One function per concern, in this order (a later one reads what an earlier one resolved)."""
+    r = _Rules(spec.to_dict(), skip)
+    v = r.v
+    model, location = _look_up(r, catalog)
+    fitting = STAGE_DATASET_KINDS[v["stage"]]
+    datasets = _catalog_datasets(r, catalog, "dataset", "trains on", fitting)
+    eval_datasets = _catalog_datasets(r, catalog, "eval_dataset", "evaluates on", fitting)
+    benchmarks = _benchmarks(r, catalog)
+    notify_ids = _notify(r, location)
+    parent, reward_model = _earlier_jobs(r, jobs)
+    template = _template(r, catalog, model, parent)
+    hw = _hardware(r, location, hardware)
+    compute, distributed, booster = _precision_and_kernels(r, hw, location)
+    _quantization(r, hw, location)
+    out = dict(v)
+    out.update(template=template, gpu_type=hw.gpu_name, gpus_per_node=hw.gpus, nodes=hw.nodes, compute_type=compute,
+               distributed=distributed, booster=booster)
+    _applied_defaults(r, out, model, notify_ids)
+    rope_factor = _rope(r, out, model)
+    _extra_args(r, out)
+    estimate = _memory_estimate(r, out, model, hw)
+
+    resolved = Resolved(
+        airtune_version=airtune.__version__,
+        spec=settings_from_json(out),
+        model=_model_record(model, rope_factor),
+        template=(TemplateRecord(name=template, path=str(catalog.templates[template].path))
+                  if template in catalog.templates else None),
+        datasets=tuple(datasets),
+        eval_datasets=tuple(eval_datasets),
+        benchmarks=tuple(BenchmarkRecord(**b) for b in benchmarks),
+        location=LocationRecord.from_json(_location_record(location, hw.gpu_name)),
+        runtime=Runtime(nodes=hw.nodes, gpus_per_node=hw.gpus, world_size=hw.world_size, device=hw.device,
+                        processes_per_node=max(1, hw.gpus), gpu_type=hw.gpu_name),
+        parent=EarlierJob(**parent) if parent else None,
+        reward_model=EarlierJob(**reward_model) if reward_model else None,
+        estimate=Estimate(**estimate),
+        warnings=tuple(r.warnings),
+    )
+    return resolved, r.errors
+
+
+# -- catalog look-ups -----------------------------------------------------------------------------
+
+def _look_up(r: _Rules, catalog: Catalog) -> tuple[ModelEntry | None, Location | None]:
+    v = r.v
     model = catalog.models.get(v["base_model"]) if v["base_model"] else None
     if v["base_model"] and model is None:
-        refuse("base_model", "not in the catalog (configs/models.yaml); accepted: " + ", ".join(catalog.models))
+        r.refuse("base_model", "not in the catalog (configs/models.yaml); accepted: " + ", ".join(catalog.models))
     location = catalog.locations.get(v["location"])
     if location is None:
-        refuse("location", "not in configs/locations.yaml; accepted: " + ", ".join(catalog.locations))
+        r.refuse("location", "not in configs/locations.yaml; accepted: " + ", ".join(catalog.locations))
+    return model, location
 
-    fitting = STAGE_DATASET_KINDS[stage]
 
-    def catalog_datasets(field: str, verb: str) -> list[dict]:
-        """The named catalog datasets of `field` (dataset, eval_dataset), each refused unless it fits the stage."""
-        records = []
-        for name in v[field] or []:
-            entry = catalog.datasets.get(name)
-            if entry is None:
-                refuse(field, "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
-                       value=name)
-                continue
-            if entry.kind not in fitting:
-                fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
-                refuse(field, f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
-                              f"{stage} {verb} {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
-                              f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
-            records.append(_dataset_record(entry))
-        return records
+def _catalog_datasets(r: _Rules, catalog: Catalog, field: str, verb: str, fitting) -> list[DatasetRecord]:
+    """The named catalog datasets of `field` (dataset, eval_dataset), each refused unless it fits the stage."""
+    stage, records = r.v["stage"], []
+    for name in r.v[field] or []:
+        entry = catalog.datasets.get(name)
+        if entry is None:
+            r.refuse(field, "not in the catalog (configs/datasets.yaml); accepted: " + ", ".join(catalog.datasets),
+                     value=name)
+            continue
+        if entry.kind not in fitting:
+            fits = [d.name for d in catalog.datasets.values() if d.kind in fitting]
+            r.refuse(field, f"it holds {KIND_WORDS.get(entry.kind, entry.kind)} (kind {entry.kind}) but stage "
+                            f"{stage} {verb} {' or '.join(KIND_WORDS[k] for k in fitting)}; datasets that fit: "
+                            f"{', '.join(fits) or 'none in the catalog'}", "stage", value=name)
+        records.append(_dataset_record(entry))
+    return records
 
-    datasets = catalog_datasets("dataset", "trains on")
 
-    # -- evaluation: held-out datasets and benchmarks (docs/form.md, section 5) --
-    eval_datasets = catalog_datasets("eval_dataset", "evaluates on")
+def _benchmarks(r: _Rules, catalog: Catalog) -> list[dict]:
+    """eval_benchmarks (docs/form.md, section 5): catalog benchmarks whose files exist."""
     benchmarks = []
-    for name in v["eval_benchmarks"] or []:
+    for name in r.v["eval_benchmarks"] or []:
         bench = catalog.benchmarks.get(name)
         if bench is None:
-            refuse("eval_benchmarks", "not in the catalog (configs/benchmarks.yaml); accepted: "
-                                      + (", ".join(catalog.benchmarks) or "none: the catalog has no benchmarks yet"),
-                   value=name)
+            r.refuse("eval_benchmarks", "not in the catalog (configs/benchmarks.yaml); accepted: "
+                                        + (", ".join(catalog.benchmarks) or "none: the catalog has no benchmarks yet"),
+                     value=name)
             continue
         missing = [str(f) for f in bench.files if not f.is_file()]
         if missing:
-            refuse("eval_benchmarks", f"its file {missing[0]} does not exist (configs/benchmarks.yaml)", value=name)
+            r.refuse("eval_benchmarks", f"its file {missing[0]} does not exist (configs/benchmarks.yaml)", value=name)
         benchmarks.append({"name": bench.name, "files": [str(f) for f in bench.files], "lang": bench.lang})
+    return benchmarks
 
-    # -- notify: Airflow connections of a notifier provider's type; empty: the location's (docs/notifications.md) --
+
+def _notify(r: _Rules, location: Location | None) -> list[str]:
+    """notify: Airflow connections of a notifier provider's type; empty: the location's (docs/notifications.md)."""
+    v = r.v
     notify_ids = list(v["notify"] or (location.notify if location else ()))
     from_location = bool(notify_ids) and not v["notify"]
-    if notify_ids and "notify" not in skip:
+    if notify_ids and "notify" not in r.skip:
         from airtune import notify as notifying
 
         for conn_id, problem in notifying.check_connections(notify_ids):
-            refuse("notify", problem + (f" (the default notify of location {location.name})" if from_location else ""),
-                   value=conn_id)
+            r.refuse("notify", problem + (f" (the default notify of location {location.name})" if from_location else ""),
+                     value=conn_id)
+    return notify_ids
 
-    # -- earlier jobs: parent_job, reward_model --
+
+# -- earlier jobs: parent_job, reward_model ---------------------------------------------------------
+
+def _earlier_jobs(r: _Rules, jobs: JobLookup | None) -> tuple[dict | None, dict | None]:
+    v = r.v
     lookup = jobs
     if lookup is None and (v["parent_job"] or v["reward_model"]):
         lookup = WorkspaceJobs()
-    parent = _parent(v, lookup, refuse) if v["parent_job"] else None
-    reward_model = _reward_model(v, lookup, refuse) if v["reward_model"] else None
+    parent = _parent(v, lookup, r.refuse) if v["parent_job"] else None
+    reward_model = _reward_model(v, lookup, r.refuse) if v["reward_model"] else None
+    return parent, reward_model
 
-    # -- template --
-    template = v["template"]
+
+def _template(r: _Rules, catalog: Catalog, model: ModelEntry | None, parent: dict | None) -> str | None:
+    template = r.v["template"]
     if template == "auto":
-        template = parent["template"] if parent and parent.get("template") else (model.template if model else None)
-    elif template not in catalog.templates:
-        refuse("template", "not a template of configs/templates/; accepted: auto, " + ", ".join(catalog.templates))
-        template = None
-    else:
-        if model and model.is_instruct and template != model.template:
-            refuse("template", f"{model.name} is an instruct/chat model trained with template {model.template!r}: "
-                               f"it takes only that one (or auto); a base model may take any", "base_model")
-        if parent and parent.get("template") and template != parent["template"]:
-            refuse("template", f"the parent job {parent['name']!r} used template {parent['template']!r}; "
-                               f"continuing from it takes the same template (or auto)", "parent_job")
+        return parent["template"] if parent and parent.get("template") else (model.template if model else None)
+    if template not in catalog.templates:
+        r.refuse("template", "not a template of configs/templates/; accepted: auto, " + ", ".join(catalog.templates))
+        return None
+    if model and model.is_instruct and template != model.template:
+        r.refuse("template", f"{model.name} is an instruct/chat model trained with template {model.template!r}: "
+                             f"it takes only that one (or auto); a base model may take any", "base_model")
+    if parent and parent.get("template") and template != parent["template"]:
+        r.refuse("template", f"the parent job {parent['name']!r} used template {parent['template']!r}; "
+                             f"continuing from it takes the same template (or auto)", "parent_job")
+    return template
 
-    # -- GPU type and count --
+
+# -- hardware: GPU type and count, precision, kernels, quantization --------------------------------
+
+def _hardware(r: _Rules, location: Location | None, hardware: dict | None) -> _Hardware:
+    v = r.v
     gpu_name = v["gpu_type"] or (location.default_gpu_type if location else None)
     gpu = location.gpu_types.get(gpu_name) if location else None
     if location and gpu is None:
-        refuse("gpu_type", f"location {location.name!r} offers: " + ", ".join(location.gpu_types), "location")
+        r.refuse("gpu_type", f"location {location.name!r} offers: " + ", ".join(location.gpu_types), "location")
     is_local = bool(location and location.is_local)
     detected = is_local and gpu_name == "auto"
-    hw = dict(HARDWARE_KEYS)
     if detected:
+        hw = dict(HARDWARE_KEYS)
         hw.update(hardware if hardware is not None else detect_hardware())
-    if detected:
         capacity, has_bf16, memory_gib = int(hw["cuda_devices"] or 0), bool(hw["bf16"]), hw["gpu_memory_gib"]
         has_flash, has_eetq = bool(hw["flash_attn"]), bool(hw["eetq"])
     elif gpu is not None:
@@ -468,93 +558,98 @@ def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jo
     elif location and gpu is not None:
         if gpus == 0 and not is_local:
             accepted = f"1 to {capacity}" if capacity else f"1 or more, on a gpu_type with GPUs ({gpu_name} declares none)"
-            refuse("gpus_per_node", f"0 (CPU only) only on location local; {location.name} is a Kubernetes location: "
-                                    f"{accepted}", "location", "gpu_type")
+            r.refuse("gpus_per_node", f"0 (CPU only) only on location local; {location.name} is a Kubernetes location: "
+                                      f"{accepted}", "location", "gpu_type")
         elif capacity is not None and gpus > capacity:
             if is_local and not detected:
                 reason = f"gpu_type {gpu_name} trains on the CPU; pick gpu_type auto to use this machine's GPUs"
             else:
                 reason = f"{where} {capacity} GPU{'s' if capacity != 1 else ''}"
-            refuse("gpus_per_node", f"at most {capacity}: {reason}", "location", "gpu_type")
+            r.refuse("gpus_per_node", f"at most {capacity}: {reason}", "location", "gpu_type")
             gpus = capacity
     nodes = v["nodes"]
     if nodes > 1 and is_local:
-        refuse("nodes", "more than 1 only on a Kubernetes location; local trains on this one machine", "location")
+        r.refuse("nodes", "more than 1 only on a Kubernetes location; local trains on this one machine", "location")
         nodes = 1
-    device = "cuda" if gpus > 0 else "cpu"
-    total_gpus = nodes * gpus
-    world_size = nodes * max(1, gpus)
+    return _Hardware(gpu_name=gpu_name, gpu=gpu, is_local=is_local, detected=detected, capacity=capacity,
+                     has_bf16=has_bf16, memory_gib=memory_gib, has_flash=has_flash, has_eetq=has_eetq,
+                     gpus=gpus, nodes=nodes)
 
-    # -- precision --
+
+def _precision_and_kernels(r: _Rules, hw: _Hardware, location: Location | None) -> tuple[str, str, str]:
+    """(compute_type, distributed, booster), their autos resolved and checked against the hardware."""
+    v, device, gpu_name = r.v, hw.device, hw.gpu_name
     compute = v["compute_type"]
     if compute == "auto":
-        compute = ("bf16" if has_bf16 else "fp16") if device == "cuda" else "fp32"
-    elif gpu is not None or detected:
+        compute = ("bf16" if hw.has_bf16 else "fp16") if device == "cuda" else "fp32"
+    elif hw.gpu is not None or hw.detected:
         if compute in ("bf16", "pure_bf16") and device == "cpu":
-            refuse("compute_type", f"{compute} needs a GPU with bf16 and this job trains on the CPU; use fp32 or auto",
-                   "gpu_type", "gpus_per_node", "location")
-        elif compute in ("bf16", "pure_bf16") and not has_bf16:
-            refuse("compute_type", f"the GPU type {gpu_name} has no bf16; use fp16, fp32 or auto", "gpu_type", "location")
+            r.refuse("compute_type", f"{compute} needs a GPU with bf16 and this job trains on the CPU; use fp32 or auto",
+                     "gpu_type", "gpus_per_node", "location")
+        elif compute in ("bf16", "pure_bf16") and not hw.has_bf16:
+            r.refuse("compute_type", f"the GPU type {gpu_name} has no bf16; use fp16, fp32 or auto", "gpu_type", "location")
         elif compute == "fp16" and device == "cpu":
-            refuse("compute_type", "fp16 needs a GPU and this job trains on the CPU; use fp32 or auto",
-                   "gpu_type", "gpus_per_node", "location")
+            r.refuse("compute_type", "fp16 needs a GPU and this job trains on the CPU; use fp32 or auto",
+                     "gpu_type", "gpus_per_node", "location")
 
-    # -- distributed strategy --
     distributed = v["distributed"]
     if distributed == "auto":
-        distributed = "zero3" if method == "full" and total_gpus > 1 else "ddp"
+        distributed = "zero3" if v["finetuning_method"] == "full" and hw.total_gpus > 1 else "ddp"
     elif distributed != "ddp" and device == "cpu" and location:
-        refuse("distributed", f"{distributed} (DeepSpeed ZeRO) needs CUDA GPUs and this job trains on the CPU; "
-                              f"use ddp or auto", "gpu_type", "gpus_per_node", "location")
+        r.refuse("distributed", f"{distributed} (DeepSpeed ZeRO) needs CUDA GPUs and this job trains on the CPU; "
+                                f"use ddp or auto", "gpu_type", "gpus_per_node", "location")
 
-    # -- booster --
     booster = v["booster"]
     if booster == "auto":
-        booster = "flash_attention_2" if device == "cuda" and has_flash and compute in HALF else "sdpa"
+        booster = "flash_attention_2" if device == "cuda" and hw.has_flash and compute in HALF else "sdpa"
     elif booster == "flash_attention_2" and location:
         if device != "cuda" or compute not in HALF:
-            refuse("booster", f"flash_attention_2 needs fp16 or bf16 on a CUDA GPU; this job has compute_type "
-                              f"{compute} on the {'GPU' if device == 'cuda' else 'CPU'}; use auto (PyTorch SDPA)",
-                   "compute_type", "gpu_type", "gpus_per_node", "location")
-        elif detected and not has_flash:
-            refuse("booster", "the flash-attn package is not installed here, or the GPU is older than Ampere; "
-                              "use auto (PyTorch SDPA)", "gpu_type", "location")
-        elif not detected and not has_flash:
-            warnings.append(f"booster flash_attention_2: the training image of {v['location']} must have the "
-                            f"flash-attn package (configs/locations.yaml does not declare flash_attn for {gpu_name})")
-    elif booster == "unsloth" and location and total_gpus != 1:
-        refuse("booster", f"unsloth trains on exactly one GPU in total; this job has {nodes} node(s) × {gpus} GPU(s)",
-               "nodes", "gpus_per_node", "gpu_type", "location")
+            r.refuse("booster", f"flash_attention_2 needs fp16 or bf16 on a CUDA GPU; this job has compute_type "
+                                f"{compute} on the {'GPU' if device == 'cuda' else 'CPU'}; use auto (PyTorch SDPA)",
+                     "compute_type", "gpu_type", "gpus_per_node", "location")
+        elif hw.detected and not hw.has_flash:
+            r.refuse("booster", "the flash-attn package is not installed here, or the GPU is older than Ampere; "
+                                "use auto (PyTorch SDPA)", "gpu_type", "location")
+        elif not hw.detected and not hw.has_flash:
+            r.warnings.append(f"booster flash_attention_2: the training image of {v['location']} must have the "
+                              f"flash-attn package (configs/locations.yaml does not declare flash_attn for {gpu_name})")
+    elif booster == "unsloth" and location and hw.total_gpus != 1:
+        r.refuse("booster", f"unsloth trains on exactly one GPU in total; this job has {hw.nodes} node(s) × {hw.gpus} "
+                            f"GPU(s)", "nodes", "gpus_per_node", "gpu_type", "location")
     elif booster == "unsloth" and location:
         # Refused before any GPU is asked for, rather than failing in the pod: see args.py.
-        refuse("booster", "Unsloth is not in airtune's training image and airtune's trainer does not load models "
-                          "through it (it imports only with a CUDA GPU and patches transformers and TRL, which airtune "
-                          "pins); use auto (flash-attention 2 where installed, else SDPA) or liger_kernel",
-               "gpu_type", "location")
+        r.refuse("booster", "Unsloth is not in airtune's training image and airtune's trainer does not load models "
+                            "through it (it imports only with a CUDA GPU and patches transformers and TRL, which airtune "
+                            "pins); use auto (flash-attention 2 where installed, else SDPA) or liger_kernel",
+                 "gpu_type", "location")
     elif booster == "liger_kernel" and location and device != "cuda":
-        refuse("booster", "liger_kernel needs a CUDA GPU (its kernels are Triton kernels) and this job trains on "
-                          "the CPU", "gpu_type", "gpus_per_node", "location")
+        r.refuse("booster", "liger_kernel needs a CUDA GPU (its kernels are Triton kernels) and this job trains on "
+                            "the CPU", "gpu_type", "gpus_per_node", "location")
+    return compute, distributed, booster
 
-    # -- quantization --
+
+def _quantization(r: _Rules, hw: _Hardware, location: Location | None) -> None:
+    v = r.v
     if v["quantization_bit"] != "none" and v["quantization_method"] == "eetq" and location:
-        if device != "cuda":
-            refuse("quantization_method", "eetq needs a CUDA GPU and this job trains on the CPU; use bnb (it also "
-                                          "runs on the CPU)", "gpu_type", "gpus_per_node", "location")
-        elif not has_eetq:
-            place = "on this machine" if detected else f"for {gpu_name} at {v['location']} (configs/locations.yaml " \
-                                                      f"declares no eetq_kernels)"
-            refuse("quantization_method", f"eetq's kernels are not available {place} without a model hub "
-                                          f"(transformers fetches {EETQ_KERNEL_REPO}); use bnb or hqq",
-                   "gpu_type", "location")
+        if hw.device != "cuda":
+            r.refuse("quantization_method", "eetq needs a CUDA GPU and this job trains on the CPU; use bnb (it also "
+                                            "runs on the CPU)", "gpu_type", "gpus_per_node", "location")
+        elif not hw.has_eetq:
+            place = "on this machine" if hw.detected else f"for {hw.gpu_name} at {v['location']} (configs/locations.yaml " \
+                                                          f"declares no eetq_kernels)"
+            r.refuse("quantization_method", f"eetq's kernels are not available {place} without a model hub "
+                                            f"(transformers fetches {EETQ_KERNEL_REPO}); use bnb or hqq",
+                     "gpu_type", "location")
+    if v["quantization_bit"] != "none" and v["quantization_method"] == "hqq" and hw.is_local and not installed("hqq"):
+        r.refuse("quantization_method", "hqq needs the hqq package, which is not installed on this machine (it comes "
+                                        "with airtune[train]); install it, or use bnb", "location")
 
-    if v["quantization_bit"] != "none" and v["quantization_method"] == "hqq" and is_local and not installed("hqq"):
-        refuse("quantization_method", "hqq needs the hqq package, which is not installed on this machine (it comes "
-                                      "with airtune[train]); install it, or use bnb", "location")
 
-    # -- defaults that depend on the method, stage or scheduler --
-    out = dict(v)
-    out.update(template=template, gpu_type=gpu_name, gpus_per_node=gpus, nodes=nodes, compute_type=compute,
-               distributed=distributed, booster=booster)
+# -- defaults that depend on the method, stage or scheduler; RoPE; extra_args ------------------------
+
+def _applied_defaults(r: _Rules, out: dict, model: ModelEntry | None, notify_ids: list[str]) -> None:
+    v = r.v
+    method, stage = v["finetuning_method"], v["stage"]
     lora = method == "lora"
     for name in ("lora_rank", "lora_alpha", "lora_dropout"):
         out[name] = (v[name] if v[name] is not None else APPLIED_DEFAULTS[name]) if lora else None
@@ -569,8 +664,8 @@ def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jo
     if method == "freeze":
         out["freeze_trainable_layers"] = v["freeze_trainable_layers"] or APPLIED_DEFAULTS["freeze_trainable_layers"]
         if model and model.num_layers and out["freeze_trainable_layers"] > model.num_layers:
-            refuse("freeze_trainable_layers", f"at most the {model.num_layers} layers {model.name} has", "base_model",
-                   value=out["freeze_trainable_layers"])
+            r.refuse("freeze_trainable_layers", f"at most the {model.num_layers} layers {model.name} has", "base_model",
+                     value=out["freeze_trainable_layers"])
     else:
         out["freeze_trainable_layers"] = None
     out["pref_loss"] = (v["pref_loss"] or APPLIED_DEFAULTS["pref_loss"]) if stage == "dpo" else None
@@ -586,71 +681,69 @@ def _resolve_typed(spec: JobSpec, catalog: Catalog, *, hardware: dict | None, jo
     out["min_lr_rate"] = (v["min_lr_rate"] or APPLIED_DEFAULTS["min_lr_rate"]) if scheduler == "cosine_with_min_lr" else None
     out["decay_ratio"] = (v["decay_ratio"] or APPLIED_DEFAULTS["decay_ratio"]) if scheduler == "warmup_stable_decay" else None
 
-    # -- RoPE scaling: factor = ceil(cutoff_len / the model's positions) --
-    rope_factor = None
-    if model:
-        cutoff, positions = v["cutoff_len"], model.context_length
-        if v["rope_scaling"] != "none":
-            rope_factor = math.ceil(cutoff / positions)
-            if rope_factor <= 1:
-                warnings.append(f"rope_scaling {v['rope_scaling']!r} skipped: cutoff_len {cutoff} fits the {positions} "
-                                f"positions of {model.name}")
-                out["rope_scaling"], rope_factor = "none", None
-        elif cutoff > positions:
-            warnings.append(f"cutoff_len {cutoff} is longer than the {positions} positions {model.name} was trained "
-                            f"with; set rope_scaling (linear, dynamic, yarn or llama3) or a cutoff_len <= {positions}")
 
-    # -- extra_args: each key a field of the stage's TRL config --
-    if v["extra_args"] and "extra_args" not in skip:
-        from airtune.train.trl_fields import fits
+def _rope(r: _Rules, out: dict, model: ModelEntry | None) -> int | None:
+    """RoPE scaling: factor = ceil(cutoff_len / the model's positions); None when not scaled."""
+    v = r.v
+    if not model:
+        return None
+    cutoff, positions = v["cutoff_len"], model.context_length
+    if v["rope_scaling"] != "none":
+        rope_factor = math.ceil(cutoff / positions)
+        if rope_factor <= 1:
+            r.warnings.append(f"rope_scaling {v['rope_scaling']!r} skipped: cutoff_len {cutoff} fits the {positions} "
+                              f"positions of {model.name}")
+            out["rope_scaling"] = "none"
+            return None
+        return rope_factor
+    if cutoff > positions:
+        r.warnings.append(f"cutoff_len {cutoff} is longer than the {positions} positions {model.name} was trained "
+                          f"with; set rope_scaling (linear, dynamic, yarn or llama3) or a cutoff_len <= {positions}")
+    return None
 
-        cls_name, known = _trl_config_fields(stage, out["pref_loss"])
-        for key, value in v["extra_args"].items():
-            if key not in known:
-                refuse(f"extra_args.{key}", f"not a field of {cls_name} (the TRL config stage {stage} trains "
-                                            f"with); check the name in TRL's / transformers' TrainingArguments docs",
-                       "stage", value=value)
-            elif known[key] is not None and not fits(value, known[key][0]):
-                refuse(f"extra_args.{key}", f"{cls_name}.{key} takes {known[key][1]}", value=value)
 
-    # -- GPU memory --
+def _extra_args(r: _Rules, out: dict) -> None:
+    """extra_args: each key a field of the stage's TRL config, its value of the field's type."""
+    v = r.v
+    if not v["extra_args"] or "extra_args" in r.skip:
+        return
+    from airtune.train.trl_fields import fits
+
+    stage = v["stage"]
+    cls_name, known = _trl_config_fields(stage, out["pref_loss"])
+    for key, value in v["extra_args"].items():
+        if key not in known:
+            r.refuse(f"extra_args.{key}", f"not a field of {cls_name} (the TRL config stage {stage} trains "
+                                          f"with); check the name in TRL's / transformers' TrainingArguments docs",
+                     "stage", value=value)
+        elif known[key] is not None and not fits(value, known[key][0]):
+            r.refuse(f"extra_args.{key}", f"{cls_name}.{key} takes {known[key][1]}", value=value)
+
+
+# -- GPU memory -----------------------------------------------------------------------------------
+
+def _memory_estimate(r: _Rules, out: dict, model: ModelEntry | None, hw: _Hardware) -> dict:
     estimate: dict = {"gpu_memory_gib_per_process": None}
-    if model and device == "cuda":
-        estimate = estimate_gpu_memory(model, out, world_size)
-        estimate["gpu_memory_gib_available"] = memory_gib
-        gpu = "this machine" if detected else gpu_name
-        # Refused only when it cannot fit whatever the rows' lengths; when only rows of cutoff_len tokens
-        # would not fit, prepare_dataset decides again with the data's longest row (data.figures.memory_check).
-        if memory_gib and estimate["gpu_memory_gib_certain"] > memory_gib:
-            refuse("gpu_type", memory_refusal(estimate, memory_gib, gpu, certain=True, rows=""),
-                   "base_model", "location", "finetuning_method", "compute_type", "quantization_bit",
-                   "distributed", "gpus_per_node", "nodes", value=gpu_name)
-        elif memory_gib and estimate["gpu_memory_gib_per_process"] > memory_gib:
-            warnings.append(
-                f"gpu_type: with rows of cutoff_len {out['cutoff_len']} tokens this job would need about "
-                f"{estimate['gpu_memory_gib_per_process']} GiB of GPU memory per process (estimate; parts in GiB: "
-                f"{_parts(estimate['parts_gib'])}) and {gpu}'s GPUs have {memory_gib} GiB: prepare_dataset decides "
-                f"again with the data's longest row, and fails there (before any GPU is asked for) if even that "
-                f"does not fit")
-
-    resolved = Resolved(
-        airtune_version=airtune.__version__,
-        spec=settings_from_json(out),
-        model=_model_record(model, rope_factor),
-        template=(TemplateRecord(name=template, path=str(catalog.templates[template].path))
-                  if template in catalog.templates else None),
-        datasets=tuple(datasets),
-        eval_datasets=tuple(eval_datasets),
-        benchmarks=tuple(BenchmarkRecord(**b) for b in benchmarks),
-        location=LocationRecord.from_json(_location_record(location, gpu_name)),
-        runtime=Runtime(nodes=nodes, gpus_per_node=gpus, world_size=world_size, device=device,
-                        processes_per_node=max(1, gpus), gpu_type=gpu_name),
-        parent=EarlierJob(**parent) if parent else None,
-        reward_model=EarlierJob(**reward_model) if reward_model else None,
-        estimate=Estimate(**estimate),
-        warnings=tuple(warnings),
-    )
-    return resolved, errors
+    if not (model and hw.device == "cuda"):
+        return estimate
+    memory_gib, gpu_name = hw.memory_gib, hw.gpu_name
+    estimate = estimate_gpu_memory(model, out, hw.world_size)
+    estimate["gpu_memory_gib_available"] = memory_gib
+    gpu = "this machine" if hw.detected else gpu_name
+    # Refused only when it cannot fit whatever the rows' lengths; when only rows of cutoff_len tokens
+    # would not fit, prepare_dataset decides again with the data's longest row (data.figures.memory_check).
+    if memory_gib and estimate["gpu_memory_gib_certain"] > memory_gib:
+        r.refuse("gpu_type", memory_refusal(estimate, memory_gib, gpu, certain=True, rows=""),
+                 "base_model", "location", "finetuning_method", "compute_type", "quantization_bit",
+                 "distributed", "gpus_per_node", "nodes", value=gpu_name)
+    elif memory_gib and estimate["gpu_memory_gib_per_process"] > memory_gib:
+        r.warnings.append(
+            f"gpu_type: with rows of cutoff_len {out['cutoff_len']} tokens this job would need about "
+            f"{estimate['gpu_memory_gib_per_process']} GiB of GPU memory per process (estimate; parts in GiB: "
+            f"{_parts(estimate['parts_gib'])}) and {gpu}'s GPUs have {memory_gib} GiB: prepare_dataset decides "
+            f"again with the data's longest row, and fails there (before any GPU is asked for) if even that "
+            f"does not fit")
+    return estimate
 
 
 def _dataset_record(entry) -> DatasetRecord:
