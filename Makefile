@@ -59,7 +59,7 @@ status:
 constraints:
 	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|airtune)==' > constraints.txt
 
-# docs/form.md, the job form's reference, from the field table in src/airtune/spec.py
+# docs/form.md, the job form's reference, from the field table in src/airtune/spec/fields.py
 # (`airtune form-doc --check` and tests/test_formdoc.py fail when it is out of date).
 form-doc:
 	@test -x $(BIN)/airtune || $(MAKE) install

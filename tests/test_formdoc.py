@@ -24,7 +24,7 @@ DOC = REPO / "docs" / "form.md"
 def test_docs_form_md_is_the_generators_output():
     assert DOC.is_file(), "docs/form.md is missing: run `make form-doc` and commit it"
     assert DOC.read_text(encoding="utf-8") == formdoc.render(), (
-        "docs/form.md is not current with the field table in src/airtune/spec.py: run `make form-doc` "
+        "docs/form.md is not current with the field table in src/airtune/spec/fields.py: run `make form-doc` "
         "(airtune form-doc) and commit docs/form.md")
 
 

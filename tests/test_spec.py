@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 
 from airtune import spec as S
-from airtune.spec import FIELDS, SECTIONS, FieldError, SpecError, param_schema, parse, show_value
+from airtune.form import param_schema
+from airtune.spec import FIELDS, SECTIONS, FieldError, SpecError, parse, show_value
 
 BASE = {"name": "demo-job", "base_model": "tiny-llama-dev", "dataset": "identity"}
 

@@ -1,6 +1,6 @@
 """validate's messages in Chinese on the create wizard (airtune.webapp.rule_messages, create.check).
 
-Every rule between fields of spec.py (formdoc's examples: the jobs docs/form.md quotes), every
+Every rule between fields of airtune.spec (formdoc's examples: the jobs docs/form.md quotes), every
 single-field refusal a set of wrong values provokes, and resolve's catalog / hardware / earlier-job
 rules, as create.check answers them for a Chinese page: each message is Chinese, names fields by the
 table's Chinese labels, and the English message (the CLI's, the validate task's) is kept unchanged

@@ -2,7 +2,7 @@
 
 `dag_params()` builds one Param per field of the job form (docs/form.md), in its section order, from the field table
 in `airtune.spec`: title (the label), description (the help text with the seed's recommended range),
-section, default, and the JSON schema of the field's single-field rules (`spec.param_schema`), so
+section, default, and the JSON schema of the field's single-field rules (`param_schema`, here), so
 Airflow itself refuses a bad single value when a run is triggered (the form shows the error; the
 REST API answers HTTP 400 naming the param). The enums of models, locations, templates, datasets and
 GPU types come from the catalog. Rules between fields are the validate task's (`airtune.resolve`).
@@ -21,9 +21,86 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from airtune.spec import _DRAFT7, FIELDS, SECTIONS, FieldInfo, names_text_pattern, param_schema
+from airtune.spec import (ALL_ANY_CASE_PATTERN, CHOICE_ALIASES, EXTRA_ARGS_FROM_FIELDS, EXTRA_ARGS_RESERVED,
+                          EXTRA_ARGS_RESERVED_PREFIXES, FIELD_BY_NAME, FIELDS, LORA_TARGET_TEXT_PATTERN,
+                          MODULE_PATTERN, NAME_PATTERN, SECTIONS, FieldInfo, names_text_pattern)
+from airtune.spec.fields import _FLOAT_MAX, _names_text_pattern, _pattern
 
 LANGS = ("en", "zh")
+
+
+
+# -- the JSON schema of one field (what Airflow checks when a run is triggered) -------------------
+
+_JSON_TYPES = {"str": "string", "choice": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "object": "object"}
+# NaN passes every bound of a JSON schema (each comparison with it is false), so it is the one number
+# that passes both of these: `not` refuses NaN, and only NaN.
+_NOT_NAN = {"not": {"type": "number", "minimum": 1, "maximum": 0}}
+_DRAFT7 = "http://json-schema.org/draft-07/schema#"
+
+
+def param_schema(field_name: str) -> dict:
+    """The JSON schema of one field's single-field rules (what Airflow checks when a run is triggered).
+
+    Every field that is not required may be left empty (null): empty means the default. Catalog
+    enums (models, locations, ...) are not here: `airtune.form` adds them from the catalog.
+
+    A choice with aliases (quantization_bit) keeps its top-level `type` and `enum` to the form's values:
+    Airflow 3.3's trigger form draws a select from exactly those (and a field of several types without
+    an `enum` as a text box). What is accepted is `definitions.accepted`, the values and the aliases:
+    under the JSON Schema draft its `$schema` names (draft-07, which Airflow's jsonschema validation
+    follows), a `$ref` stands for the whole schema and its sibling keywords are not checked.
+    """
+    f = FIELD_BY_NAME[field_name]
+    pattern = _pattern(f)
+    schema: dict[str, Any]
+    if f.kind == "names":
+        # The form shows a multi-select (an array); YAML files and REST calls may also give "a, b".
+        schema = {"type": ["array", "string"], "items": {"type": "string", "pattern": f.pattern or NAME_PATTERN},
+                  "minItems": 1 if f.required else 0,  # an optional multi-select left empty sends []
+                  "uniqueItems": True, "pattern": _names_text_pattern(f)}
+    elif f.kind == "target":
+        schema = {"type": ["string", "array"], "pattern": LORA_TARGET_TEXT_PATTERN,
+                  "items": {"type": "string", "pattern": MODULE_PATTERN, "not": {"pattern": ALL_ANY_CASE_PATTERN}}}
+    else:
+        schema = {"type": [_JSON_TYPES[f.kind]]}
+        if f.kind == "choice":
+            schema["enum"] = list(f.choices)
+        for key, bound in (("exclusiveMinimum", f.gt), ("minimum", f.ge), ("exclusiveMaximum", f.lt),
+                           ("maximum", f.le)):
+            if bound is not None:
+                schema[key] = bound
+        if f.kind == "float":
+            # inf and NaN are no numbers a field takes (YAML has .inf and .nan, Python's JSON Infinity and NaN)
+            if f.gt is None and f.ge is None:
+                schema["minimum"] = -_FLOAT_MAX
+            if f.lt is None and f.le is None:
+                schema["maximum"] = _FLOAT_MAX
+            schema.update(_NOT_NAN)
+        if pattern:
+            schema["pattern"] = pattern
+        if f.max_length:
+            schema["maxLength"] = f.max_length
+        if f.kind == "str" and f.required:
+            schema["minLength"] = 1
+        if f.kind == "object":
+            # extra_args: the keys airtune sets itself, or a form field sets, are refused at trigger time too.
+            schema["propertyNames"] = {"type": "string", "not": {"anyOf": [
+                {"enum": sorted(EXTRA_ARGS_RESERVED | set(EXTRA_ARGS_FROM_FIELDS))},
+                {"pattern": "^(" + "|".join(EXTRA_ARGS_RESERVED_PREFIXES) + ")"}]}}
+    if not f.required:
+        schema["type"] = [*schema["type"], "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+    elif len(schema["type"]) == 1:
+        schema["type"] = schema["type"][0]
+    aliases = CHOICE_ALIASES.get(f.name)
+    if aliases:
+        accepted = [*f.choices, *aliases] + ([] if f.required else [None])
+        schema = {"$schema": _DRAFT7, "$ref": "#/definitions/accepted",
+                  "definitions": {"accepted": {"enum": accepted}}, **schema}
+    return schema
 
 
 def form_lang(lang: str | None = None) -> str:
@@ -96,7 +173,7 @@ def _default_listed_once(schema: dict) -> dict:
     that value twice. The form pre-selects the default, so the empty entry is left out of the list;
     an empty value (null: the default, docs/form.md) is still accepted, from REST or a select the user
     cleared: what is checked is `definitions.accepted` (the whole schema with null), which the `$ref`
-    stands for under draft-07, as `spec.param_schema` does for quantization_bit's aliases.
+    stands for under draft-07, as `param_schema` does for quantization_bit's aliases.
     """
     shown = [v for v in schema["enum"] if v is not None]
     if "$ref" in schema:  # quantization_bit: its definitions already hold what is accepted

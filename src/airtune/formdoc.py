@@ -22,8 +22,9 @@ from pathlib import Path
 
 from airtune import paths
 from airtune.resolve import KIND_WORDS, PARENT_STAGES, STAGE_DATASET_KINDS
+from airtune.form import param_schema
 from airtune.spec import (EXTRA_ARGS_FROM_FIELDS, EXTRA_ARGS_RESERVED, EXTRA_ARGS_RESERVED_PREFIXES, FIELD_BY_NAME,
-                          FIELDS, SECTIONS, FieldInfo, param_schema, parse_partial)
+                          FIELDS, SECTIONS, FieldInfo, parse_partial)
 
 DOC_PATH = Path("docs") / "form.md"
 REGENERATE = "make form-doc"
@@ -164,7 +165,7 @@ Airflow trigger form (the `airtune_finetune` DAG), a YAML file under `configs/jo
 CLI, or the `conf` of a REST API call ([rest-api.md](rest-api.md)). Its fields follow the platform's
 original job form (written in Chinese: the Chinese labels and help texts keep its wording, with its
 recommended ranges) and the LLaMA-Factory training arguments that form mirrors. Every field here
-exists in the job spec (`src/airtune/spec.py`), in the trigger form, and reaches the trainer with
+exists in the job spec (`src/airtune/spec/fields.py`), in the trigger form, and reaches the trainer with
 the meaning given here.
 
 All three entry points take the keys below as **one flat mapping**; a key that is not listed is an
@@ -414,7 +415,7 @@ def render() -> str:
     if unknown:
         raise RuntimeError(f"formdoc: notes for keys that are not fields of the table: {', '.join(sorted(unknown))}")
     rules = rule_messages()
-    out = [f"<!-- Generated from the field table in src/airtune/spec.py by src/airtune/formdoc.py: do not edit "
+    out = [f"<!-- Generated from the field table in src/airtune/spec/fields.py by src/airtune/formdoc.py: do not edit "
            f"by hand. Regenerate with `{REGENERATE}` (`airtune form-doc`); `airtune form-doc --check` fails "
            f"when this file is out of date. -->", "", HEADER]
     out += ["## Sections", ""]
@@ -464,5 +465,5 @@ def check(path: Path | None = None) -> str | None:
         return None
     old, new = current.splitlines(), expected.splitlines()
     line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-    return (f"{path} is not current with the field table in src/airtune/spec.py (first difference at line "
+    return (f"{path} is not current with the field table in src/airtune/spec/fields.py (first difference at line "
             f"{line + 1}); run `{REGENERATE}` (or `airtune form-doc`) and commit it")

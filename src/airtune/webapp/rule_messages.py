@@ -1,6 +1,6 @@
 """validate's messages in Chinese, for the create wizard's errors at their fields.
 
-spec.py and resolve.py write every message in English once: the CLI, the validate task's log, REST
+airtune.spec and resolve.py write every message in English once: the CLI, the validate task's log, REST
 answers and the tests read them byte for byte, so they stay as they are. The wizard shows a field's
 errors in the page's language; on a Chinese page `message_zh` turns a message into Chinese:
 
@@ -11,7 +11,7 @@ errors in the page's language; on a Chinese page `message_zh` turns a message in
 
 A message no pattern matches is answered None: the page shows it in English, with what the field
 accepts in Chinese beside it. tests/test_webapp_rule_messages.py holds every single-field and
-cross-field rule of spec.py (formdoc's examples, the trigger form's bad values) and resolve's common
+cross-field rule of airtune.spec (formdoc's examples, the trigger form's bad values) and resolve's common
 ones to a translation, so a new or reworded message without one fails there.
 """
 
