@@ -26,6 +26,13 @@ import time
 from pathlib import Path
 
 
+def _no_cuda() -> bool:
+    """transformers refuses bf16 without a GPU unless use_cpu is set (then it autocasts on the CPU)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def lf_args(a, dataset_dir: Path, output_dir: Path) -> dict:
     """The reference setup (docs/benchmarks.md), as LLaMA-Factory's arguments."""
     return {
@@ -41,7 +48,7 @@ def lf_args(a, dataset_dir: Path, output_dir: Path) -> dict:
         "include_num_input_tokens_seen": "non_padding",
         "logging_steps": 1, "save_strategy": "no", "report_to": "none", "plot_loss": False,
         "output_dir": str(output_dir), "overwrite_output_dir": True, "dataloader_num_workers": 0,
-    } | ({"default_system": a.default_system} if getattr(a, "default_system", None) is not None else {})
+    } | ({"bf16": True, "use_cpu": _no_cuda()} if getattr(a, "bf16", False) else {}) | ({"default_system": a.default_system} if getattr(a, "default_system", None) is not None else {})
 
 
 def dump_tokens(args: dict, path: Path) -> None:
@@ -64,6 +71,7 @@ def main() -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--packing", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true", help="LLaMA-Factory's default; off is faster here")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (on the CPU: autocast)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--cutoff", type=int, default=512)

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps (max_samples = steps * batch)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--compute", choices=("fp32", "bf16"), default="fp32", help="compute_type (bf16 on the CPU: "
+                    "validate accepts it where the CPU has AVX-512 BF16 or AMX)")
     ap.add_argument("--model-dir", type=Path, help="the model's folder (default: the catalog's, in $AIRTUNE_HOME)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args(argv)
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     job = {"name": "memory-probe", "base_model": args.model, "dataset": [args.dataset], "finetuning_method": "lora",
            "stage": "sft", "cutoff_len": args.cutoff, "per_device_train_batch_size": args.batch, "lora_rank": args.rank,
            "lora_alpha": 2 * args.rank, "lora_dropout": 0.0, "num_train_epochs": 1.0, "max_samples": args.steps * args.batch,
-           "val_size": 0.0, "logging_steps": 1, "save_steps": 10_000, "learning_rate": 1e-3, "packing": args.packing}
+           "val_size": 0.0, "logging_steps": 1, "save_steps": 10_000, "learning_rate": 1e-3, "packing": args.packing,
+           "compute_type": args.compute}
     resolved = validate_mapping(job)
     if args.model_dir:
         resolved["model"]["weights"] = str(args.model_dir)
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
             for name, t in marks]
     peak = max(s[2] for s in samples)
     print(f"{args.model}, {args.dataset} at cutoff {args.cutoff}, batch {args.batch}, LoRA rank {args.rank}, "
-          f"{'packed' if args.packing else 'padding-free'}, {args.threads} threads")
+          f"{'packed' if args.packing else 'padding-free'}, {args.compute}, {args.threads} threads")
     print(f"{'phase':<32} {'at':>7} {'RSS':>9} {'peak so far':>12}")
     for r in rows:
         print(f"{r['phase']:<32} {r['seconds']:>6.1f}s {r['rss_gib']:>7.2f} G {r['peak_gib']:>10.2f} G")

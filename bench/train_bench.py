@@ -187,14 +187,14 @@ def render_probe(model: dict) -> str:
 
 
 def job_mapping(config: str, *, steps: int, batch: int, cutoff: int, rank: int, lr: float, base_model: str = TINY,
-                template: str = "chatml", dataset: str = "alpaca_en_demo") -> dict:
+                template: str = "chatml", dataset: str = "alpaca_en_demo", compute: str = "fp32") -> dict:
     """The airtune job (docs/form.md keys) for one configuration (`steps`: all optimizer steps, warm-up included)."""
     return {
         "name": f"bench-train-{config}", "base_model": base_model, "template": template,
         "finetuning_method": "lora", "stage": "sft", "dataset": [dataset],
         "learning_rate": lr, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "warmup_steps": 0,
         "cutoff_len": cutoff, "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1,
-        "val_size": 0, "compute_type": "fp32", "lora_rank": rank, "lora_alpha": 2 * rank, "lora_dropout": 0,
+        "val_size": 0, "compute_type": compute, "lora_rank": rank, "lora_alpha": 2 * rank, "lora_dropout": 0,
         "lora_target": "all", "packing": config == "packed", "logging_steps": 1, "save_steps": 10_000,
         "seed": 42, "extra_args": {"max_steps": steps},
     }
@@ -351,6 +351,9 @@ def main() -> int:
     p.add_argument("--identity-author", help="fills identity.json's {{author}} (default: the catalog's filled entry's)")
     p.add_argument("--no-token-check", action="store_true", help="train even if the tools' token sequences differ")
     p.add_argument("--threads", default="2", help="OMP_NUM_THREADS (torch's threads) for both tools")
+    p.add_argument("--compute", choices=("fp32", "bf16"), default="fp32",
+                   help="both tools' precision: bf16 is mixed precision (on the CPU, autocast; airtune's frozen "
+                        "LoRA base weights in bf16)")
     p.add_argument("--work", type=Path, default=REPO / ".airtune" / "bench" / "train")
     p.add_argument("--lf-python", type=Path, default=LF_PYTHON)
     p.add_argument("--json-out", type=Path, help="also write every run and the summary here")
@@ -361,7 +364,8 @@ def main() -> int:
     model = resolve_model(a.model, a.model_dir, a.work)
     lf_tpl, lf_system = (a.lf_template, None) if a.lf_template else lf_template(render_probe(model))
     total_steps = a.steps + a.warmup_steps
-    hp = {"steps": a.steps, "warmup_steps": a.warmup_steps, "batch": a.batch, "rank": a.rank, "lr": a.lr}
+    hp = {"steps": a.steps, "warmup_steps": a.warmup_steps, "batch": a.batch, "rank": a.rank, "lr": a.lr,
+          "compute": a.compute}
     # identity: LLaMA-Factory trains the bench's filled copy; airtune the catalog's filled entry (it
     # fills the rows itself as it prepares them), or the same copy when there is none
     from airtune.catalog import Catalog
@@ -382,13 +386,14 @@ def main() -> int:
         cmd += ["--default-system", lf_system] if lf_system is not None else []
         cmd += ["--packing"] if config == "packed" else []
         cmd += ["--gradient-checkpointing"] if config == "default" else []  # LLaMA-Factory's default
+        cmd += ["--bf16"] if a.compute == "bf16" else []
         return cmd
 
     jobs, token_checks = {}, {}
     for dataset, cutoff in cases:
         case = case_name(dataset, cutoff)
         kw = {"steps": total_steps, "batch": a.batch, "cutoff": cutoff, "rank": a.rank, "lr": a.lr,
-              "dataset": at_dataset[dataset][0]}
+              "dataset": at_dataset[dataset][0], "compute": a.compute}
         for c in {*at_configs, "padded"}:
             jobs[(case, c)] = prepare_job(c, a.work, model, at_dataset[dataset][1], case=case, **kw)
         if not a.no_token_check:
@@ -433,7 +438,7 @@ def main() -> int:
     summary = summarize(runs, a.configs)
     steps = f"{a.steps} steps" + (f" after {a.warmup_steps} warm-up" if a.warmup_steps else "")
     print(f"\nSFT LoRA r{a.rank} all-linear, {model['name']}, template {model['template_name']} (LLaMA-Factory {lf_tpl}), "
-          f"batch {a.batch}, {steps}, lr {a.lr:g}, fp32; OMP_NUM_THREADS={a.threads}; medians of {a.repeats}")
+          f"batch {a.batch}, {steps}, lr {a.lr:g}, {a.compute}; OMP_NUM_THREADS={a.threads}; medians of {a.repeats}")
     print_table(summary)
     report = {"model": {k: str(v) for k, v in model.items()}, "llamafactory_template": lf_tpl,
               "llamafactory_default_system": lf_system, "cases": [case_name(*c) for c in cases], "hyperparameters": hp,

@@ -243,7 +243,8 @@ RULES = [
     ({**K8S, **QWEN7, "gpu_type": "nvidia-t4", "compute_type": "pure_bf16", "quantization_bit": 4}, None,
      "compute_type", "pure_bf16", ["no bf16"]),
     ({"gpu_type": "auto", "compute_type": "bf16"}, ONE_OLD_GPU, "compute_type", "bf16", ["has no bf16"]),
-    ({"compute_type": "bf16"}, None, "compute_type", "bf16", ["trains on the CPU"]),
+    ({"compute_type": "bf16"}, NO_GPU, "compute_type", "bf16", ["AVX-512 BF16 or AMX", "fp32 or auto"]),
+    ({"compute_type": "pure_bf16"}, {**NO_GPU, "cpu_bf16": True}, "compute_type", "pure_bf16", ["trains on the CPU"]),
     ({"compute_type": "fp16"}, None, "compute_type", "fp16", ["fp16 needs a GPU"]),
     ({"distributed": "zero3"}, None, "distributed", "zero3", ["DeepSpeed ZeRO", "CPU"]),
     ({"quantization_bit": 8, "quantization_method": "eetq"}, None, "quantization_method", "eetq", ["CUDA GPU", "bnb"]),
@@ -450,8 +451,34 @@ def test_detect_hardware_reads_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
     monkeypatch.setattr(R.importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
     hw = REAL_DETECT()
-    assert hw == {"cuda_devices": 2, "bf16": True, "flash_attn": False, "eetq": False, "gpu_memory_gib": 16.0}
+    assert hw == {"cuda_devices": 2, "bf16": True, "flash_attn": False, "eetq": False, "gpu_memory_gib": 16.0,
+                  "cpu_bf16": R.cpu_has_bf16()}
     props[1].major = 8
     assert REAL_DETECT()["flash_attn"] is True
     cuda.is_available = lambda: False
-    assert REAL_DETECT() == R.HARDWARE_KEYS
+    assert REAL_DETECT() == {**R.HARDWARE_KEYS, "cpu_bf16": R.cpu_has_bf16()}
+
+
+def test_bf16_on_a_cpu_with_bf16_instructions(catalog, monkeypatch):
+    """compute_type bf16 on location local's CPU: accepted where the CPU has AVX-512 BF16 or AMX (bf16 mixed
+    precision, the frozen weights loaded in bf16), refused by name elsewhere; auto stays fp32 on the CPU."""
+    job = {"compute_type": "bf16"}
+    resolved = ok(catalog, job, {**NO_GPU, "cpu_bf16": True})
+    assert resolved["spec"]["compute_type"] == "bf16" and resolved["runtime"]["device"] == "cpu"
+    assert ok(catalog, {}, {**NO_GPU, "cpu_bf16": True})["spec"]["compute_type"] == "fp32"
+    (e,) = errors_of(catalog, job, NO_GPU)
+    assert e.field == "compute_type" and "AVX-512 BF16 or AMX" in e.message
+    # no hardware given: this machine's /proc/cpuinfo decides
+    monkeypatch.setattr(R, "cpu_has_bf16", lambda: True)
+    assert ok(catalog, job)["spec"]["compute_type"] == "bf16"
+    monkeypatch.setattr(R, "cpu_has_bf16", lambda: False)
+    assert [e.field for e in errors_of(catalog, job, None)] == ["compute_type"]
+    # a Kubernetes location never trains on the CPU; a GPU type without bf16 is still refused
+    assert [e.field for e in errors_of(catalog, {**K8S, **QWEN7, "gpu_type": "nvidia-t4", "compute_type": "bf16",
+                                                 "quantization_bit": 4}, {**NO_GPU, "cpu_bf16": True})] == ["compute_type"]
+
+
+def test_cpu_bf16_flags():
+    flags = "processor\t: 0\nflags\t\t: fpu sse avx512f {}\nbogomips : 1\n"
+    assert R.cpu_has_bf16(flags.format("avx512_bf16")) and R.cpu_has_bf16(flags.format("amx_bf16 amx_tile"))
+    assert not R.cpu_has_bf16(flags.format("avx512_vnni")) and not R.cpu_has_bf16("")

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from airtune import formdoc
-from airtune.spec import FIELD_BY_NAME, FIELDS, parse_partial
+from airtune.spec import FIELD_BY_NAME, FIELDS, SpecError, parse_partial
 from airtune.webapp import create, rule_messages
 from airtune.webapp.rule_messages import message_zh
 
@@ -76,7 +76,7 @@ def workspace(monkeypatch, tmp_path):
 # Jobs that break resolve's rules (the catalog, the hardware, earlier jobs); create.check answers them.
 RESOLVE_JOBS = [
     {"nodes": 2},
-    {"compute_type": "bf16"},
+    {"compute_type": "pure_bf16"},  # (bf16 on this CPU depends on its instructions: tested below)
     {"compute_type": "fp16"},
     {"distributed": "zero3"},
     {"booster": "flash_attention_2"},
@@ -119,3 +119,12 @@ def test_a_job_that_does_not_fit_is_refused_in_chinese(workspace):
     assert zh["fits"] == en["fits"] == "no"
     assert en["refusal"].startswith("this job needs about") and "GPU memory" in en["refusal"]
     assert zh["refusal"].startswith("本任务每个进程约需") and "nvidia-t4" in zh["refusal"]
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_in_chinese():
+    from airtune.resolve import validate_mapping
+
+    with pytest.raises(SpecError) as info:
+        validate_mapping({**BASE, "compute_type": "bf16"}, hardware={"cuda_devices": 0, "cpu_bf16": False})
+    (e,) = info.value.errors
+    assert message_zh(e.field, e.message) == "在CPU上使用bf16需要支持AVX-512 BF16或AMX指令的CPU，本机CPU两者皆无；请使用 fp32 或 auto"

@@ -96,7 +96,26 @@ def _read_json(path: Path) -> dict:
 
 # -- hardware -------------------------------------------------------------------------------------
 
-HARDWARE_KEYS = {"cuda_devices": 0, "bf16": False, "flash_attn": False, "eetq": False, "gpu_memory_gib": None}
+HARDWARE_KEYS = {"cuda_devices": 0, "bf16": False, "flash_attn": False, "eetq": False, "gpu_memory_gib": None,
+                 "cpu_bf16": False}
+# x86 CPU flags with bf16 matrix instructions (oneDNN runs PyTorch's bf16 matmuls on them); elsewhere bf16 on
+# the CPU is emulated, slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """This machine's CPU has bf16 matrix instructions (AVX-512 BF16 or AMX; Linux's /proc/cpuinfo flags).
+    Cheap: no torch."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return any(f in flags for f in CPU_BF16_FLAGS)
+    return False
 
 
 def detect_hardware() -> dict:
@@ -104,9 +123,10 @@ def detect_hardware() -> dict:
 
     cuda_devices, bf16 (every device has it), flash_attn (the package is installed and the GPU is Ampere
     or newer, which FlashAttention-2 needs), eetq (its kernels are in the local hub cache, CUDA present),
-    gpu_memory_gib (the smallest device's memory).
+    gpu_memory_gib (the smallest device's memory), cpu_bf16 (the CPU has bf16 matrix instructions).
     """
     hw = dict(HARDWARE_KEYS)
+    hw["cpu_bf16"] = cpu_has_bf16()
     try:
         import torch
     except ImportError:
@@ -379,6 +399,7 @@ class _Hardware:
     has_eetq: bool
     gpus: int
     nodes: int
+    cpu_bf16: bool = False  # location local: the CPU has bf16 matrix instructions (bf16 training on the CPU)
 
     @property
     def device(self) -> str:
@@ -571,9 +592,12 @@ def _hardware(r: _Rules, location: Location | None, hardware: dict | None) -> _H
     if nodes > 1 and is_local:
         r.refuse("nodes", "more than 1 only on a Kubernetes location; local trains on this one machine", "location")
         nodes = 1
+    cpu_bf16 = False
+    if is_local and gpus == 0 and v["compute_type"] == "bf16":  # only this rule reads it: /proc read only then
+        cpu_bf16 = bool(hardware.get("cpu_bf16")) if hardware is not None else cpu_has_bf16()
     return _Hardware(gpu_name=gpu_name, gpu=gpu, is_local=is_local, detected=detected, capacity=capacity,
                      has_bf16=has_bf16, memory_gib=memory_gib, has_flash=has_flash, has_eetq=has_eetq,
-                     gpus=gpus, nodes=nodes)
+                     gpus=gpus, nodes=nodes, cpu_bf16=cpu_bf16)
 
 
 def _precision_and_kernels(r: _Rules, hw: _Hardware, location: Location | None) -> tuple[str, str, str]:
@@ -583,7 +607,13 @@ def _precision_and_kernels(r: _Rules, hw: _Hardware, location: Location | None) 
     if compute == "auto":
         compute = ("bf16" if hw.has_bf16 else "fp16") if device == "cuda" else "fp32"
     elif hw.gpu is not None or hw.detected:
-        if compute in ("bf16", "pure_bf16") and device == "cpu":
+        if compute == "bf16" and device == "cpu" and hw.is_local:
+            # bf16 mixed precision on a CPU with bf16 matrix instructions: about twice fp32's speed
+            # (docs/benchmarks.md); elsewhere emulated, slower than fp32
+            if not hw.cpu_bf16:
+                r.refuse("compute_type", "bf16 on the CPU needs AVX-512 BF16 or AMX instructions and this machine's "
+                                         "CPU has neither; use fp32 or auto", "gpu_type", "gpus_per_node", "location")
+        elif compute in ("bf16", "pure_bf16") and device == "cpu":
             r.refuse("compute_type", f"{compute} needs a GPU with bf16 and this job trains on the CPU; use fp32 or auto",
                      "gpu_type", "gpus_per_node", "location")
         elif compute in ("bf16", "pure_bf16") and not hw.has_bf16:

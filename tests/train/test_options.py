@@ -192,3 +192,26 @@ def test_rope_scaling_factor_from_cutoff(tiny_model_dir, tmp_path):
     fits = map_spec(make_resolved(tiny_model_dir, rope_scaling="linear", cutoff_len=1024), output_dir=str(tmp_path), train_rows=32, has_eval=False)
     assert fits.config_overrides == {}
     assert math.isfinite(float(model(input_ids=__import__("torch").arange(8)[None]).logits.sum()))
+
+
+@pytest.mark.slow
+def test_bf16_on_the_cpu(tiny_model_dir, sft_data, tmp_path):
+    """compute_type bf16 on the CPU (validate accepts it where the CPU has bf16 instructions): transformers'
+    bf16 mixed precision (CPU autocast), the frozen weights loaded in bf16, the LoRA weights kept and saved in
+    fp32; the loss falls as in fp32. (PyTorch runs bf16 on any CPU: this test does not need the instructions.)"""
+    import torch
+
+    from .helpers import run_train
+
+    job = make_job(tmp_path / "job", tiny_model_dir, sft_data, **SHORT, compute_type="bf16")
+    proc = run_train(job, sft_data)
+    assert "precision: compute_type bf16 (autocast on the CPU); trainable weights float32, frozen weights bfloat16" \
+        in proc.stdout, proc.stdout[-3000:]
+    assert_loss_fell(job, by=0.2)
+    state = load_safetensors_dir(job / "output" / "final")
+    assert state and all(v.dtype == torch.float32 for v in state.values())
+    from airtune.train.args import map_spec
+
+    spec = json.loads((job / "spec.json").read_text())
+    config = map_spec(spec, output_dir=str(tmp_path / "o"), train_rows=32, has_eval=False).config
+    assert config.bf16 and config.use_cpu and not config.fp16

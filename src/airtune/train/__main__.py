@@ -141,6 +141,10 @@ def _main(argv: list[str] | None = None) -> int:
         f"{spec.stage}/{spec.finetuning_method} on {resolved.model.name}: {trainable:,} of {total:,} "
         f"parameters train; {len(train)} training rows, {len(validation) if validation is not None else 0} validation rows"
     )
+    dtypes = {p.requires_grad: str(p.dtype).removeprefix("torch.") for p in model.parameters()}
+    log(f"precision: compute_type {spec.compute_type}"
+        + (" (autocast on the CPU)" if spec.compute_type in ("bf16", "fp16") and resolved.runtime.device == "cpu" else "")
+        + f"; trainable weights {dtypes.get(True, '-')}, frozen weights {dtypes.get(False, '-')}")
 
     # 4. trainer
     optimizers = (None, None)

@@ -178,6 +178,8 @@ RULES: list[Rule] = [
     (r"at most (?P<n>\d+): (?P<r>.+)", lambda m, f: f"最多 {m['n']}：{_reason(m['r'])}"),
     (r"more than 1 only on a Kubernetes location; local trains on this one machine",
      "大于1仅限 Kubernetes 部署位置；local 只在本机上训练"),
+    (r"bf16 on the CPU needs AVX-512 BF16 or AMX instructions and this machine's CPU has neither; use fp32 or auto",
+     "在CPU上使用bf16需要支持AVX-512 BF16或AMX指令的CPU，本机CPU两者皆无；请使用 fp32 或 auto"),
     (r"(?P<c>\w+) needs a GPU with bf16 and this job trains on the CPU; use fp32 or auto",
      "{c} 需要支持bf16的GPU，而本任务在CPU上训练；请使用 fp32 或 auto"),
     (r"the GPU type (?P<g>\S+) has no bf16; use fp16, fp32 or auto", "算力类型 {g} 不支持bf16；请使用 fp16、fp32 或 auto"),
