@@ -50,9 +50,9 @@ def finished(airflow_stack):
     from e2e.stack import unique
 
     name = unique("console")
-    # ~120 steps of the tiny model (40 an epoch), a loss every step: long enough that the page, which
-    # reloads its charts every 6 s, sees them grow while training runs however fast the machine is
-    run_id = trigger(airflow_stack, name, max_samples=320, num_train_epochs=3.0, logging_steps=1, save_steps=1000)
+    # 360 steps of the tiny model (120 an epoch), a loss every step: on a quiet machine it trains ~12 steps a
+    # second, so ~30 s: long enough that the page, which reloads its charts every 6 s, sees them grow
+    run_id = trigger(airflow_stack, name, max_samples=960, num_train_epochs=3.0, logging_steps=1, save_steps=1000)
     return {"name": name, "run_id": run_id}
 
 
