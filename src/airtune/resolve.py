@@ -399,7 +399,12 @@ class _Hardware:
     has_eetq: bool
     gpus: int
     nodes: int
-    cpu_bf16: bool = False  # location local: the CPU has bf16 matrix instructions (bf16 training on the CPU)
+    facts: Mapping | None = None  # the hardware given or detected (HARDWARE_KEYS); None: neither
+
+    def cpu_bf16(self) -> bool:
+        """This machine's CPU has bf16 matrix instructions: from the facts, else read now (the one rule that
+        asks does so only for bf16 on the CPU)."""
+        return bool(self.facts.get("cpu_bf16")) if self.facts is not None else cpu_has_bf16()
 
     @property
     def device(self) -> str:
@@ -559,9 +564,9 @@ def _hardware(r: _Rules, location: Location | None, hardware: dict | None) -> _H
         r.refuse("gpu_type", f"location {location.name!r} offers: " + ", ".join(location.gpu_types), "location")
     is_local = bool(location and location.is_local)
     detected = is_local and gpu_name == "auto"
+    facts = hardware
     if detected:
-        hw = dict(HARDWARE_KEYS)
-        hw.update(hardware if hardware is not None else detect_hardware())
+        hw = facts = {**HARDWARE_KEYS, **(hardware if hardware is not None else detect_hardware())}
         capacity, has_bf16, memory_gib = int(hw["cuda_devices"] or 0), bool(hw["bf16"]), hw["gpu_memory_gib"]
         has_flash, has_eetq = bool(hw["flash_attn"]), bool(hw["eetq"])
     elif gpu is not None:
@@ -592,12 +597,9 @@ def _hardware(r: _Rules, location: Location | None, hardware: dict | None) -> _H
     if nodes > 1 and is_local:
         r.refuse("nodes", "more than 1 only on a Kubernetes location; local trains on this one machine", "location")
         nodes = 1
-    cpu_bf16 = False
-    if is_local and gpus == 0 and v["compute_type"] == "bf16":  # only this rule reads it: /proc read only then
-        cpu_bf16 = bool(hardware.get("cpu_bf16")) if hardware is not None else cpu_has_bf16()
     return _Hardware(gpu_name=gpu_name, gpu=gpu, is_local=is_local, detected=detected, capacity=capacity,
                      has_bf16=has_bf16, memory_gib=memory_gib, has_flash=has_flash, has_eetq=has_eetq,
-                     gpus=gpus, nodes=nodes, cpu_bf16=cpu_bf16)
+                     gpus=gpus, nodes=nodes, facts=facts)
 
 
 def _precision_and_kernels(r: _Rules, hw: _Hardware, location: Location | None) -> tuple[str, str, str]:
@@ -610,7 +612,7 @@ def _precision_and_kernels(r: _Rules, hw: _Hardware, location: Location | None) 
         if compute == "bf16" and device == "cpu" and hw.is_local:
             # bf16 mixed precision on a CPU with bf16 matrix instructions: about twice fp32's speed
             # (docs/benchmarks.md); elsewhere emulated, slower than fp32
-            if not hw.cpu_bf16:
+            if not hw.cpu_bf16():
                 r.refuse("compute_type", "bf16 on the CPU needs AVX-512 BF16 or AMX instructions and this machine's "
                                          "CPU has neither; use fp32 or auto", "gpu_type", "gpus_per_node", "location")
         elif compute in ("bf16", "pure_bf16") and device == "cpu":
