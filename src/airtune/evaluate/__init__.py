@@ -85,7 +85,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from airtune import paths
 from airtune.resolved import Resolved, ResolvedSpecError, as_resolved, as_settings
@@ -145,7 +144,7 @@ def _typed(resolved) -> Resolved:
 @dataclass
 class Inputs:
     resolved: dict  # spec.json's dict (what airtune.inference reads)
-    settings: Any  # the resolved spec's JobSettings (airtune.resolved)
+    typed: Resolved  # the same, as airtune.resolved's records
     stage: str
     manifest: dict
     validation: object | None  # datasets.Dataset
@@ -236,7 +235,7 @@ def read_inputs(resolved: Resolved | dict, data_dir: Path, model_dir: Path, say=
         if not questions:
             raise ConfigurationError(f"benchmark {bench.name!r}: its files hold no question: {entry['files']}")
         benchmarks.append((entry, questions))
-    return Inputs(resolved=resolved, settings=spec, stage=stage, manifest=manifest, validation=validation, prompts=prompts,
+    return Inputs(resolved=resolved, typed=typed, stage=stage, manifest=manifest, validation=validation, prompts=prompts,
                   prompts_source=source, benchmarks=benchmarks)
 
 
@@ -513,7 +512,7 @@ class Run:
 
     def __init__(self, inputs: Inputs, tokenizer, *, device: str, say=log):
         self.inputs, self.tok, self.device, self.say = inputs, tokenizer, device, say
-        self.spec = inputs.settings
+        self.spec = inputs.typed.spec
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.metrics: dict[str, dict] = {"base": {}, "tuned": {}, "champion": {}}
         self.answers: dict[str, list[str]] = {}
@@ -641,7 +640,7 @@ def evaluate(resolved: Resolved | dict, data_dir: Path, model_dir: Path, output_
 
     data_dir, model_dir, output_dir = Path(data_dir), Path(model_dir), Path(output_dir)
     inputs = read_inputs(resolved, data_dir, model_dir, say)
-    typed, resolved = _typed(resolved), inputs.resolved  # airtune.inference reads spec.json's dict
+    typed, resolved = inputs.typed, inputs.resolved  # airtune.inference reads spec.json's dict
     inference.quiet()
     device = device or inference.default_device()
     dtype = _dtype(typed, device)
@@ -819,7 +818,6 @@ def _main(argv: list[str] | None = None) -> int:
         raise ConfigurationError(f"--spec {args.spec}: {exc}") from None
     if not isinstance(resolved, dict) or not isinstance(resolved.get("spec"), dict):
         raise ConfigurationError(f"--spec {args.spec}: not a resolved spec (no \"spec\" object)")
-    _typed(resolved)  # a spec.json this airtune cannot read: a configuration error, before any weights
     evaluate(resolved, args.data, args.model, args.output, device=args.device, champion_dir=args.champion,
              champion_version=args.champion_version)
     return 0
