@@ -22,16 +22,28 @@ def _job(name: str, **overrides) -> dict:
     return tiny_job(name, val_size=0.25, eval_max_samples=4, promote="approve", **overrides)
 
 
-def _wait_awaiting(tis, run_id: str, timeout: float = 300):
+def _wait_awaiting(tis, run_id: str, stack, timeout: float = 300):
+    """The approve task waiting for an answer, and the scheduler done with the workload that paused it.
+
+    The second condition is Airflow 3.3's, not airtune's: an answer given before the scheduler has processed the
+    executor's report of the paused workload re-queues the task first, and the late report ("finished with state
+    success, but the task instance's state attribute is queued") then fails it. A person in the UI is never that
+    quick; a script answering the moment the state turns awaiting_input can be (seen once in CI: 0.4 s)."""
     deadline = time.monotonic() + timeout
     while True:
         ti = tis.get_task_instance(DAG_ID, run_id, "approve")
         state = ti.state.value if ti.state is not None else None
         if state == "awaiting_input":
-            return ti
+            break
         assert state not in ("failed", "upstream_failed", "skipped", "success"), f"approve ended {state} before an answer"
         assert time.monotonic() < deadline, f"approve still {state} after {timeout:.0f} s"
         time.sleep(2)
+    reported = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
+    log = stack.logs / "scheduler.log"
+    while reported not in log.read_text(encoding="utf-8", errors="replace"):
+        assert time.monotonic() < deadline, f"the scheduler never processed approve's paused workload ({log})"
+        time.sleep(0.5)
+    return ti
 
 
 def _version(stack, name: str):
@@ -61,7 +73,7 @@ def test_approve_reject_and_timeout_decide_the_champion(airflow_stack):
 
     trigger(yes)
     # the approval waits for a person, holding nothing: no worker, no pool slot (its run is the only one)
-    ti = _wait_awaiting(tis, runs[yes])
+    ti = _wait_awaiting(tis, runs[yes], airflow_stack)
     trigger(no)
     trigger(late, promote_timeout_hours=0.005)  # 18 s
     assert ti.pool == "default_pool"
@@ -74,7 +86,7 @@ def test_approve_reject_and_timeout_decide_the_champion(airflow_stack):
 
     answer = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
     tis.update_hitl_detail(DAG_ID, runs[yes], "approve", -1, answer)
-    _wait_awaiting(tis, runs[no])
+    _wait_awaiting(tis, runs[no], airflow_stack)
     tis.update_hitl_detail(DAG_ID, runs[no], "approve", -1, af.UpdateHITLDetailPayload(chosen_options=["Reject"], params_input={}))
 
     for name, run_id in runs.items():
